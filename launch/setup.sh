@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment with the pinned, tested requirements.
+#   bash launch/setup.sh            # uses python3.11 if present, else python3
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3.11}
+command -v "$py" >/dev/null 2>&1 || py=python3
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt

@@ -1,0 +1,62 @@
+"""Command-line plumbing shared by the entry points (absl flags + ml_collections configs).
+
+`--config path.py:arg` loads `get_config(arg)` from a config file and locks it, so a dotted
+override with a typo (`--config.optim.blrr=1e-3`) is an error rather than a silent no-op.
+Errors meant for people (lmim.errors.LmimError) print as one line and exit with status 2.
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lmim.errors import LmimError
+
+
+def _guard(fn):
+  try:
+    return fn()
+  except LmimError as e:
+    print(f"lmim: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main_train(train_fn):
+  """python -m lmim.train --config configs/x.py[:arg] --workdir DIR [--config.a.b=v ...]"""
+  config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv):
+    del argv
+    _guard(lambda: train_fn(flags.FLAGS.config, flags.FLAGS.workdir))
+  app.run(main)
+
+
+def main_benchmark(benchmark_fn, format_fn):
+  """python -m lmim.benchmark --config configs/x.py[:arg] [--steps N] [--json]"""
+  config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
+  flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warmup steps).")
+  flags.DEFINE_bool("json", False, "Print the result as JSON.")
+  flags.mark_flags_as_required(["config"])
+
+  def main(argv):
+    del argv
+    import json  # pylint: disable=import-outside-toplevel
+    result = _guard(lambda: benchmark_fn(flags.FLAGS.config, steps=flags.FLAGS.steps))
+    print(json.dumps(result) if flags.FLAGS.json else format_fn(result))
+  app.run(main)
+
+
+def main_convert(convert_fn):
+  """python -m lmim.convert --config configs/x.py --checkpoint official.pth --workdir DIR"""
+  config_flags.DEFINE_config_file("config", None, "Config of the official model's architecture.",
+                                  lock_config=True)
+  flags.DEFINE_string("checkpoint", None, "Official state dict: .pth (needs torch) or .npz.")
+  flags.DEFINE_string("workdir", None, "Empty directory to write the lmim checkpoint into.")
+  flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
+
+  def main(argv):
+    del argv
+    out = _guard(lambda: convert_fn(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.workdir))
+    print(f"wrote {out}")
+  app.run(main)

@@ -1,0 +1,222 @@
+"""Config plumbing: the field set and its defaults, `get_config(arg)` arguments, duration
+resolution (steps or epochs) and the checks that run before anything compiles.
+
+Every config file under `configs/` starts from `base_config()`, which holds the official
+Latent MIM defaults (spec §2), and changes what its recipe changes. Because the config is
+locked, a typo in a command-line override (`--config.optim.blr=...`) fails loudly.
+"""
+import math
+
+import ml_collections as mlc
+
+from lmim.errors import ConfigError
+
+# Fields that may change when a run is resumed: they do not change what is being trained.
+RESUMABLE_FIELDS = ("log_every_steps", "checkpoint", "evals", "mesh", "fsdp_min_size_mb",
+                    "input.data_dir", "input.num_threads", "input.prefetch", "model.remat")
+
+
+def base_config() -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.method = "latent_mim"
+  c.seed = 0
+
+  c.model = mlc.ConfigDict(dict(
+      variant="B/16",          # Ti, S, B, L, H (+ '/patch'); width/depth/num_heads/patch_size override
+      width=None, depth=None, num_heads=None, patch_size=None,
+      mlp_ratio=4.0,
+      grid_size=14,            # g: patches per side (L = g²)
+      freeze_pe=True,          # frozen sin-cos table (official default)
+      dtype="float32",         # matmul dtype; 'bfloat16' for speed on TPU/GPU (softmax, LN, loss stay f32)
+      remat=False,             # rematerialise blocks in the backward pass (memory for compute)
+      projector=dict(dim=4096, depth=3),
+      decoder=dict(width=512, depth=3, num_heads=16, visual_cues=True),
+  ))
+  c.views = mlc.ConfigDict(dict(
+      patch_gap=4,             # pixels between cells; train images are g·(p+gap) px, eval g·p px
+      num_vis=20,              # visible patches per image (mask ratio 1 − 20/196 ≈ 0.9)
+      mask_target=True,        # the target encoder sees only the targets (False: all patches)
+  ))
+  c.loss = mlc.ConfigDict(dict(name="patch_disc", tau=0.2))  # or 'norm_mse' (official norm_l2)
+  c.sim_reg = mlc.ConfigDict(dict(
+      coeff=0.1,               # c in c·(Sim − s_t)²; 0 disables (official yaml), 0.1 = README recipe
+      start=0.75, end=0.25,    # s_t follows a cosine from start to end over training
+      group_size=mlc.FieldReference(None, field_type=int),  # examples per Sim mean; None = micro-batch
+  ))
+  c.ema = mlc.ConfigDict(dict(momentum=0.99))  # m0; cosine to 1
+
+  c.batch_size = 4096          # global, per optimiser step
+  c.accum_steps = 1            # micro-batches per optimiser step
+  c.total_epochs = mlc.FieldReference(800.0, field_type=float)
+  c.total_steps = mlc.FieldReference(None, field_type=int)
+  c.warmup_epochs = mlc.FieldReference(40.0, field_type=float)
+  c.warmup_steps = mlc.FieldReference(None, field_type=int)
+  c.optim = mlc.ConfigDict(dict(
+      blr=1.5e-4,              # lr = blr · batch_size / 256 unless `lr` is set
+      lr=mlc.FieldReference(None, field_type=float),
+      min_lr_frac=0.25, weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8,
+      grad_clip_norm=mlc.FieldReference(None, field_type=float),
+  ))
+
+  c.input = mlc.ConfigDict(dict(
+      data="imagenet2012",     # TFDS name, 'mnist5k' (embedded) or 'folder:/path'
+      data_dir=mlc.FieldReference(None, field_type=str),
+      split="train",
+      min_crop=0.2,            # RandomResizedCrop scale lower bound
+      mean=mlc.FieldReference(None, field_type=tuple),  # None: the dataset's statistics
+      std=mlc.FieldReference(None, field_type=tuple),
+      num_threads=8, prefetch=4,
+  ))
+  c.evals = mlc.ConfigDict()   # name -> dict(type=..., every_steps|every_epochs, at_init, ...)
+
+  c.mesh = mlc.ConfigDict(dict(data=-1, fsdp=1))  # one axis may be -1 = all remaining devices
+  c.fsdp_min_size_mb = 4.0     # parameters smaller than this stay replicated
+
+  c.log_every_steps = 50
+  c.checkpoint = mlc.ConfigDict(dict(
+      every_steps=mlc.FieldReference(None, field_type=int),
+      every_epochs=mlc.FieldReference(1.0, field_type=float),
+      keep_last=3,
+      keep_every_steps=mlc.FieldReference(None, field_type=int),
+      keep_every_epochs=mlc.FieldReference(50.0, field_type=float),
+      async_save=True,
+  ))
+  return c
+
+
+def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
+  """'variant=S/16,runlocal' -> ConfigDict typed by `defaults`; a bare name means True."""
+  out = mlc.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ConfigError(f"<config argument> {key}", value or True, f"one of {sorted(defaults)}")
+    kind = type(defaults[key])
+    if kind is bool:
+      if value not in ("", "True", "true", "1", "False", "false", "0"):
+        raise ConfigError(f"<config argument> {key}", value, "a boolean")
+      out[key] = value in ("", "True", "true", "1")
+    else:
+      out[key] = kind(value) if defaults[key] is not None else value
+  return out
+
+
+# Durations ------------------------------------------------------------------------------------
+
+def _steps(cfg, prefix: str, steps_per_epoch: float, required: bool) -> float | None:
+  """Exactly one of `<prefix>_steps` / `<prefix>_epochs` may be set; returns steps (maybe fractional)."""
+  steps, epochs = cfg.get(f"{prefix}_steps"), cfg.get(f"{prefix}_epochs")
+  if steps is not None and epochs is not None:
+    raise ConfigError(f"{prefix}_steps", steps, f"set either {prefix}_steps or {prefix}_epochs, not both "
+                      f"({prefix}_epochs={epochs}); set the other to None")
+  if steps is None and epochs is None:
+    if required:
+      raise ConfigError(f"{prefix}_steps", None, f"set {prefix}_steps or {prefix}_epochs")
+    return None
+  return float(steps) if steps is not None else float(epochs) * steps_per_epoch
+
+
+def resolve(config: mlc.ConfigDict, num_train_examples: int) -> mlc.ConfigDict:
+  """A copy with durations in steps, `steps_per_epoch` and the peak learning rate filled in.
+
+  Epochs follow the official loader (drop_last): steps_per_epoch = ⌊N / batch⌋. Total steps
+  are rounded to a whole step; warmup may stay fractional, as in the official epoch clock.
+  """
+  c = mlc.ConfigDict(config.to_dict())  # unlocked copy; the user's config stays as given
+  spe = num_train_examples // c.batch_size
+  if spe < 1 and (c.total_steps is None or c.warmup_steps is None):
+    raise ConfigError("batch_size", c.batch_size,
+                      f"larger than the training split ({num_train_examples} examples): durations "
+                      "in epochs are undefined; lower it or give total_steps and warmup_steps")
+  c.steps_per_epoch = spe
+  c.total_steps = int(round(_steps(c, "total", spe, True)))
+  c.warmup_steps = _steps(c, "warmup", spe, True)
+  c.total_epochs = c.warmup_epochs = None
+  for prefix in ("every", "keep_every"):
+    s = _steps(c.checkpoint, prefix, spe, False)
+    c.checkpoint[f"{prefix}_steps"] = None if s is None else max(1, int(round(s)))
+    c.checkpoint[f"{prefix}_epochs"] = None
+  for name, ev in c.evals.items():
+    s = _steps(ev, "every", spe, False)
+    ev.every_steps = None if s is None else max(1, int(round(s)))
+    ev.every_epochs = None
+  c.optim.lr = c.optim.lr if c.optim.lr is not None else c.optim.blr * c.batch_size / 256
+  return c
+
+
+def validate_run(config, num_devices: int) -> None:
+  """Checks on the run (batch, durations, mesh, optimiser); method checks live with the method."""
+  if config.batch_size < 1:
+    raise ConfigError("batch_size", config.batch_size, "must be >= 1")
+  if config.accum_steps < 1:
+    raise ConfigError("accum_steps", config.accum_steps, "must be >= 1")
+  for k in ("total_steps", "warmup_steps", "total_epochs", "warmup_epochs"):
+    v = config.get(k)
+    if v is not None and v < 0:
+      raise ConfigError(k, v, "must be >= 0")
+  if config.optim.min_lr_frac < 0 or config.optim.min_lr_frac > 1:
+    raise ConfigError("optim.min_lr_frac", config.optim.min_lr_frac, "must be in [0, 1]")
+  if config.optim.weight_decay < 0:
+    raise ConfigError("optim.weight_decay", config.optim.weight_decay, "must be >= 0")
+  for k in ("b1", "b2"):
+    if not 0 <= config.optim[k] < 1:
+      raise ConfigError(f"optim.{k}", config.optim[k], "must be in [0, 1)")
+  data, fsdp = mesh_shape(config.mesh, num_devices)
+  dp = data * fsdp
+  if config.batch_size % (dp * config.accum_steps):
+    raise ConfigError("batch_size", config.batch_size,
+                      f"must be divisible by the data-parallel size ({dp} = mesh {data}x{fsdp}) times "
+                      f"accum_steps ({config.accum_steps}) = {dp * config.accum_steps}")
+  micro = config.batch_size // config.accum_steps
+  group = config.sim_reg.get("group_size")
+  if group is not None and (group < 1 or micro % group):
+    raise ConfigError("sim_reg.group_size", group,
+                      f"must divide the micro-batch (batch_size/accum_steps = {micro})")
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) sizes; one of them may be -1 = all remaining devices."""
+  data, fsdp = mesh_cfg.data, mesh_cfg.fsdp
+  if (data == -1) and (fsdp == -1):
+    raise ConfigError("mesh", dict(data=data, fsdp=fsdp), "at most one axis may be -1")
+  for name, v in (("data", data), ("fsdp", fsdp)):
+    if v == 0 or v < -1:
+      raise ConfigError(f"mesh.{name}", v, "a positive size or -1 (all remaining devices)")
+  known = (data if data != -1 else 1) * (fsdp if fsdp != -1 else 1)
+  if num_devices % known:
+    raise ConfigError("mesh", dict(data=data, fsdp=fsdp),
+                      f"the axes must multiply to the device count {num_devices}")
+  if data == -1:
+    data = num_devices // known
+  if fsdp == -1:
+    fsdp = num_devices // known
+  if data * fsdp != num_devices:
+    raise ConfigError("mesh", dict(data=data, fsdp=fsdp),
+                      f"the axes multiply to {data * fsdp}, not to the device count {num_devices}")
+  return data, fsdp
+
+
+def diff_configs(saved: dict, current: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
+  """Dotted fields whose values differ, skipping those that may change across a resume."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, dict):
+        out.update(flat(v, key + "."))
+      else:
+        out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+  a, b = flat(saved), flat(current)
+  skip = lambda k: any(k == f or k.startswith(f + ".") for f in ignore)
+  return [f"{k}: checkpoint={a.get(k, '<absent>')!r} now={b.get(k, '<absent>')!r}"
+          for k in sorted(set(a) | set(b)) if not skip(k) and not _same(a.get(k, "<absent>"), b.get(k, "<absent>"))]
+
+
+def _same(x, y) -> bool:
+  if isinstance(x, float) or isinstance(y, float):
+    try:
+      return math.isclose(float(x), float(y), rel_tol=1e-12, abs_tol=0.0)
+    except (TypeError, ValueError):
+      return False
+  return x == y

@@ -1,0 +1,68 @@
+"""Frozen-encoder features for evaluation, extracted sharded over the mesh.
+
+Feature names (the choice decides whether numbers are comparable; spec methods_and_evals §4.0):
+  pooled_pre_norm  mean of patch tokens of the last block, before the final LayerNorm, without
+                   the projector: the official Latent MIM NN feature
+  pooled           mean of patch tokens after the final LayerNorm
+  cls              CLS token after the final LayerNorm (DINO kNN, MAE linear probe)
+Images are evaluated at gap 0 (a contiguous g×g grid), as the official evaluation does.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmim import sharding
+from lmim.errors import ConfigError
+
+FEATURES = ("pooled_pre_norm", "pooled", "cls")
+
+
+def select(reps: dict, feature: str):
+  if feature == "pooled_pre_norm":
+    return reps["pre_norm"][:, 1:].mean(axis=1)
+  if feature == "pooled":
+    return reps["encoded"][:, 1:].mean(axis=1)
+  if feature == "cls":
+    return reps["encoded"][:, 0]
+  raise ConfigError("feature", feature, f"one of {list(FEATURES)}")
+
+
+def check_feature(feature: str) -> str:
+  if feature not in FEATURES:
+    raise ConfigError("feature", feature, f"one of {list(FEATURES)}")
+  return feature
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_fn(method, feature: str, mesh):
+  def fn(params, images):
+    return select(method.encode(params, images), feature).astype(jnp.float32)
+  return jax.jit(fn, out_shardings=sharding.replicated(mesh))
+
+
+def extract(method, encoder_params, batches, mesh, feature: str = "pooled_pre_norm"):
+  """Run the encoder over an eval stream -> (features (N, D) float32, labels (N,)) on the host.
+
+  `batches` yields process-local {'image', 'label', 'mask'}; padded rows (mask False) are
+  dropped, so every process can run the same number of steps on a padded stream.
+  """
+  fn = _feature_fn(method, check_feature(feature), mesh)
+  feats, labels = [], []
+  for batch in batches:
+    g = sharding.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh)
+    f = fn(encoder_params, g["image"])
+    keep = np.asarray(jax.device_get(_replicate(g["mask"], mesh)))
+    feats.append(np.asarray(jax.device_get(f))[keep])
+    labels.append(np.asarray(jax.device_get(_replicate(g["label"], mesh)))[keep])
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _replicator(mesh):
+  return jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))
+
+
+def _replicate(x, mesh):
+  return _replicator(mesh)(x)

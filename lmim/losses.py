@@ -1,0 +1,70 @@
+"""Reconstruction losses and the similarity regulariser of Latent MIM (spec §9), in float32.
+
+All inputs are (B, Lt, D) latents in the projector's space: predictions from the decoder,
+targets from the (stop-gradient) target encoder.
+"""
+import jax
+import jax.numpy as jnp
+
+
+def l2_normalize(x, eps: float = 1e-12):
+  """torch's F.normalize: x / max(‖x‖, eps) over the last axis."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def standardize_over_patches(pred, eps: float = 1e-4):
+  """The official `pred2unit`: per image and channel, (P − mean) / (unbiased std + eps) over patches."""
+  mu = pred.mean(axis=1, keepdims=True)
+  sd = jnp.std(pred, axis=1, keepdims=True, ddof=1)
+  return (pred - mu) / (sd + eps)
+
+
+def patch_disc(pred, target, tau: float):
+  """PatchDisc (official `infonce_patches`, spec §9.1).
+
+  InfoNCE over the targets of the same image: the positive of prediction i is target i, the
+  negatives are the other Lt−1 targets of that image. Predictions are standardised across the
+  image's patches first; the cross entropy is scaled by 2τ.
+      S[b,i,j] = <p̂_bi, t̂_bj> / τ,   L = 2τ · mean_{b,i} (logsumexp_j S[b,i,j] − S[b,i,i])
+  """
+  p = l2_normalize(standardize_over_patches(pred.astype(jnp.float32)))
+  t = l2_normalize(target.astype(jnp.float32))
+  scores = jnp.einsum("bid,bjd->bij", p, t) / tau
+  positives = jnp.diagonal(scores, axis1=1, axis2=2)
+  return 2.0 * tau * jnp.mean(jax.nn.logsumexp(scores, axis=-1) - positives)
+
+
+def norm_mse(pred, target):
+  """Official `norm_l2` (spec §9.2): MSE to targets standardised per token (unbiased var + 1e-6)."""
+  t = target.astype(jnp.float32)
+  t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(jnp.var(t, axis=-1, keepdims=True, ddof=1) + 1e-6)
+  return jnp.mean(jnp.square(pred.astype(jnp.float32) - t))
+
+
+def pairwise_sim_per_image(z):
+  """Mean cosine over ALL token pairs of each image, diagonal included: (B, L, D) -> (B,).
+
+  mean_{i,j} cos(z_i, z_j) = ‖mean_i ẑ_i‖², which is O(L·D) instead of the O(L²·D) Gram matrix.
+  Values near 1 mean every token of an image maps to the same direction (collapse).
+  """
+  return jnp.sum(jnp.square(l2_normalize(z.astype(jnp.float32)).mean(axis=1)), axis=-1)
+
+
+def pairwise_sim(z):
+  """The official logged Sim (spec §9.5): per-image mean pairwise cosine, averaged over the batch."""
+  return pairwise_sim_per_image(z).mean()
+
+
+def sim_regularizer(z, sim_target, group_size: int):
+  """(Sim(z) − s_t)² where Sim is averaged over each group of `group_size` examples first.
+
+  The official code squares the mean over one GPU's micro-batch (spec §9.4); making the group
+  an explicit size keeps the loss independent of the device count and of accumulation.
+  """
+  sims = pairwise_sim_per_image(z).reshape(-1, group_size).mean(axis=1)
+  return jnp.mean(jnp.square(sims - sim_target))
+
+
+RECONSTRUCTION_LOSSES = ("patch_disc", "norm_mse")
+# The official config names, accepted as aliases.
+LOSS_ALIASES = {"infonce_patches": "patch_disc", "norm_l2": "norm_mse"}

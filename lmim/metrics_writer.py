@@ -1,0 +1,78 @@
+"""Metrics out of the run: TensorBoard event files (tensorboardX, no TensorFlow needed), a JSONL
+file (one line per write: {"step": ..., name: value}), and the console.
+
+Only process 0 writes; the other processes get a writer that does nothing, so call sites need
+no `if process_index == 0`.
+"""
+import json
+import logging
+import math
+import os
+
+import jax
+import numpy as np
+
+log = logging.getLogger("lmim")
+
+
+def _plain(v):
+  v = np.asarray(v)
+  return v.item() if v.size == 1 else v.tolist()
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+
+  def write_scalars(self, step: int, scalars: dict):
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    for k, v in scalars.items():
+      v = _plain(v)
+      row[k] = v
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        self._tb.add_scalar(k, v, int(step))
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+
+  def write_text(self, tag: str, text: str, step: int = 0):
+    if self.enabled:
+      self._tb.add_text(tag, text, step)
+
+  def close(self):
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def format_line(step: int, total: int, m: dict) -> str:
+  """The console line: what a researcher scans for during pretraining."""
+  parts = [f"step {step}/{total}"]
+  for key, fmt in (("loss", ".4f"), ("sim_pred", ".3f"), ("sim_vis", ".3f"), ("sim_trg", ".3f"),
+                   ("std_pred", ".3f"), ("std_trg", ".3f"), ("lr", ".3e"), ("momentum", ".5f"),
+                   ("grad_norm", ".3e"), ("images_per_sec", ".1f")):
+    if key in m:
+      parts.append(f"{key} {m[key]:{fmt}}")
+  if "eta_sec" in m:
+    parts.append(f"eta {_hms(m['eta_sec'])}")
+  return " | ".join(parts)
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

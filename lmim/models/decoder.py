@@ -1,0 +1,62 @@
+"""Cross-attention decoder with visual cues (spec §8).
+
+Queries are a decoder CLS plus one mask token per target position; the memory is the embedded
+visible latents, which no block updates (each block reads it through its own `norm2kv`).
+
+Visual cues (`visual_cues=True`, official `avg_vis_mask_token`): each mask token starts as
+    m_i = mask_token + Softmax(P_T P_Vᵀ / √d) Z_V
+where P_T, P_V are the fixed sin-cos embeddings of the target and visible cells and Z_V are the
+decoder-embedded visible latents *before* position embeddings are added. The kernel is
+parameter-free and decays with grid distance, so each mask token begins as a smooth
+interpolation of its visible neighbours instead of one shared vector.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmim.models import layers
+from lmim.models.vit import gather_positions, position_embeddings
+
+
+class CrossDecoder(nn.Module):
+  width: int
+  depth: int
+  num_heads: int
+  out_dim: int
+  grid_size: int
+  mlp_ratio: float = 4.0
+  visual_cues: bool = True
+  freeze_pe: bool = True
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  def queries(self, x, table, cls_token, mask_token, visible_ids, target_ids):
+    """Decoder queries before the first block: (B, 1+Lt, Dd) with position embeddings added."""
+    b, lt = target_ids.shape
+    m = jnp.broadcast_to(mask_token, (b, lt, self.width))
+    if self.visual_cues:
+      p_t = gather_positions(table, target_ids, with_cls=False)
+      p_v = gather_positions(table, visible_ids, with_cls=False)
+      logits = jnp.einsum("btd,bvd->btv", p_t, p_v) * self.width ** -0.5
+      m = m + jnp.einsum("btv,bvd->btd", jax.nn.softmax(logits, axis=-1), x[:, 1:])
+    q = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, self.width)), m], axis=1)
+    return q + gather_positions(table, target_ids, with_cls=True)
+
+  @nn.compact
+  def __call__(self, latents, visible_ids, target_ids):
+    """latents (B, 1+Lv, D) encoder output (CLS first) -> predictions (B, 1+Lt, D), CLS first."""
+    cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width))
+    mask_token = self.param("mask_token", nn.initializers.zeros, (1, 1, self.width))
+    x = layers.dense(self.width, "embed", self.dtype)(latents).astype(jnp.float32)
+    table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe)
+    q = self.queries(x, table, cls_token, mask_token, visible_ids, target_ids)
+    self.sow("intermediates", "queries", q)  # parity checkpoint 5 (spec §14)
+    memory = x + gather_positions(table, visible_ids, with_cls=True)  # encoder CLS gets PE row 0
+
+    block = nn.remat(layers.CrossBlock) if self.remat else layers.CrossBlock
+    for i in range(self.depth):
+      q = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(q, memory)
+    q = layers.layer_norm("norm")(q)
+    return layers.dense(self.out_dim, "head", self.dtype)(q).astype(jnp.float32)

@@ -1,0 +1,109 @@
+"""Transformer building blocks shared by the encoder and the decoders.
+
+Module and parameter names follow the official PyTorch code (`qkv`, `proj`, `fc1`, `norm1`, ...)
+so the converter is a mechanical rename and the weight-decay rule (which matches on names
+containing "norm", "embed" or "bias") means the same thing in both codebases.
+
+Numerics (spec §6.1, §14): LayerNorm with the two-pass (torch) variance, exact erf GELU,
+softmax in float32 even when the matmuls run in bfloat16, xavier-uniform init on the *full*
+fused weight (so the fused qkv has bound sqrt(6/(D+3D)) as in the official init).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+xavier = nn.initializers.xavier_uniform()
+
+
+def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=xavier, bias_init=nn.initializers.zeros, name=name)
+
+
+def layer_norm(name: str, eps: float = 1e-6) -> nn.LayerNorm:
+  # float32 statistics whatever the compute dtype; use_fast_variance=False is torch's formula.
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=jnp.float32,
+                      param_dtype=jnp.float32, name=name)
+
+
+def gelu(x):
+  return jax.nn.gelu(x, approximate=False)
+
+
+def attention(q, k, v):
+  """softmax(q·kᵀ/√hd)·v for (B, Lq, H, hd) x (B, Lk, H, hd); logits and softmax in float32."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection (rows q | k | v, heads contiguous)."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, n, c = x.shape
+    qkv = dense(3 * c, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, n, c)
+    return dense(c, "proj", self.dtype)(out)
+
+
+class CrossAttention(nn.Module):
+  """Queries attend to a memory; k and v share one fused projection (rows k | v)."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, q, kv):
+    (b, lq, c), lk = q.shape, kv.shape[1]
+    hd = c // self.num_heads
+    q = dense(c, "q_proj", self.dtype)(q).reshape(b, lq, self.num_heads, hd)
+    kv = dense(2 * c, "kv_proj", self.dtype)(kv).reshape(b, lk, 2, self.num_heads, hd)
+    out = attention(q, kv[:, :, 0], kv[:, :, 1]).reshape(b, lq, c)
+    return dense(c, "proj", self.dtype)(out)
+
+
+class Mlp(nn.Module):
+  """timm's Mlp: fc1 -> exact GELU -> fc2."""
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    out = x.shape[-1]
+    return dense(out, "fc2", self.dtype)(gelu(dense(self.hidden, "fc1", self.dtype)(x)))
+
+
+class Block(nn.Module):
+  """Pre-LN ViT block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x + SelfAttention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1")(x))
+    hidden = int(x.shape[-1] * self.mlp_ratio)
+    return x + Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2")(x))
+
+
+class CrossBlock(nn.Module):
+  """Decoder block (spec §8): self-attention among queries, cross-attention to a fixed memory, MLP."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, q, memory):
+    q = q + SelfAttention(self.num_heads, self.dtype, name="self_attn")(layer_norm("norm1")(q))
+    q = q + CrossAttention(self.num_heads, self.dtype, name="cross_attn")(
+        layer_norm("norm2q")(q), layer_norm("norm2kv")(memory))
+    hidden = int(q.shape[-1] * self.mlp_ratio)
+    return q + Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm3")(q))

@@ -1,0 +1,54 @@
+"""Fixed 2-D sin-cos position embeddings with the official Latent MIM coordinates (spec §6.2).
+
+Two details differ from MAE's table and matter for parity with released checkpoints:
+- cell (i, j) sits at continuous coordinates (u_i, v_j) = linspace(0, 1, g)·g, not at the
+  integers 0..g-1 (the step is g/(g-1));
+- the column (x) coordinate comes first: PE = [sin(vω), cos(vω), sin(uω), cos(uω)].
+Row 0 belongs to CLS and is all zeros.
+
+The table is computed in float32 with the same operation order as torch (including torch's
+two-sided linspace), so it equals the official buffer bit for bit in practice.
+"""
+import functools
+
+import numpy as np
+
+
+def _torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+  """torch.linspace in float32: the first half counts up from start, the second down from end."""
+  if steps == 1:
+    return np.array([start], np.float32)
+  step = (np.float32(end) - np.float32(start)) / np.float32(steps - 1)
+  idx = np.arange(steps)
+  half = steps // 2
+  out = np.where(idx < half,
+                 np.float32(start) + step * idx.astype(np.float32),
+                 np.float32(end) - step * (steps - idx - 1).astype(np.float32))
+  return out.astype(np.float32)
+
+
+def _sincos_1d(pos: np.ndarray, width: int) -> np.ndarray:
+  """(P,) float32 positions -> (P, width/2) [sin(pos·ω), cos(pos·ω)], ω_k = 10000^(-4k/width)."""
+  omega = np.arange(width // 4, dtype=np.float32) / np.float32(width) * np.float32(4.0)
+  omega = (np.float32(1.0) / np.power(np.float32(10000.0), omega)).astype(np.float32)
+  out = pos[:, None].astype(np.float32) * omega[None, :]
+  return np.concatenate([np.sin(out), np.cos(out)], axis=-1).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _table(width: int, grid_size: int) -> np.ndarray:
+  if width % 4:
+    raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {width}")
+  lin = _torch_linspace_f32(0.0, 1.0, grid_size) * np.float32(grid_size)  # (g,) coordinates
+  rows, cols = np.meshgrid(lin, lin, indexing="ij")                       # pid = i*g + j
+  pe = np.concatenate([_sincos_1d(cols.reshape(-1), width),              # x (column) first
+                       _sincos_1d(rows.reshape(-1), width)], axis=-1)
+  table = np.zeros((grid_size * grid_size + 1, width), np.float32)        # row 0: CLS = 0
+  table[1:] = pe
+  table.setflags(write=False)
+  return table
+
+
+def sincos_table(width: int, grid_size: int) -> np.ndarray:
+  """(1 + g·g, width) float32 table; row pid+1 embeds patch id pid = row·g + col, row 0 is CLS."""
+  return _table(int(width), int(grid_size))

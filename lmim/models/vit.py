@@ -1,0 +1,120 @@
+"""ViT encoder of Latent MIM (spec §6): online and target encoders share this module.
+
+The encoder consumes an arbitrary subset of a g×g grid of patch vectors, together with the
+patch ids (pid = row·g + col) that place them on the grid. Position embeddings index the grid
+cell, so the gap jitter of §4 is invisible to them.
+
+`Encoder.__call__` returns a dict of named representations (big_vision style) so probes pick
+one by name:
+  pre_norm  (B, 1+L, D)  last block output, before the final LayerNorm (official NN feature source)
+  encoded   (B, 1+L, D)  after the final LayerNorm
+  projected (B, 1+L, D)  after the projector MLP (== encoded when the projector has depth 0);
+                         this is the space where Latent MIM's targets, decoder input and Sim live.
+"""
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lmim.models import layers
+from lmim.models.posemb import sincos_table
+
+# width, depth, heads (official CFG; ViT-H uses 14-px patches).
+VARIANTS = {
+    "Ti": (192, 12, 3),
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "H": (1280, 32, 16),
+}
+
+
+def parse_variant(variant: str) -> tuple[int, int, int, int | None]:
+  """'B/16' -> (768, 12, 12, 16); 'B' -> (768, 12, 12, None). Raises ValueError if unknown."""
+  m = re.fullmatch(r"(Ti|S|B|L|H)(?:/(\d+))?", str(variant))
+  if not m:
+    raise ValueError(variant)
+  width, depth, heads = VARIANTS[m.group(1)]
+  return width, depth, heads, (int(m.group(2)) if m.group(2) else None)
+
+
+def position_embeddings(module: nn.Module, width: int, grid_size: int, frozen: bool):
+  """The (1+g·g, width) table: a constant, or a parameter initialised to it (freeze_pe=False)."""
+  table = sincos_table(width, grid_size)
+  if frozen:
+    return jnp.asarray(table)
+  # The name contains "embed", so the official rule exempts it from weight decay.
+  return module.param("pos_embed", lambda *_: jnp.asarray(table))
+
+
+def gather_positions(table, patch_ids, with_cls: bool):
+  """Rows of the table for patch ids (B, L) -> (B, L, D); with_cls prepends row 0 (zeros)."""
+  rows = patch_ids + 1
+  if with_cls:
+    rows = jnp.pad(rows, ((0, 0), (1, 0)))
+  return table[rows]
+
+
+class Projector(nn.Module):
+  """The latent projector (spec §6.1.6): [Linear(no bias) -> LN(eps 1e-5) -> GELU] x (depth-1),
+  then Linear(no bias) -> LN. Applied to every token, CLS included."""
+  hidden: int
+  depth: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    out_dim = x.shape[-1]
+    for l in range(self.depth):
+      last = l == self.depth - 1
+      x = layers.dense(out_dim if last else self.hidden, f"linear{l}", self.dtype, use_bias=False)(x)
+      x = layers.layer_norm(f"norm{l}", eps=1e-5)(x)  # plain nn.LayerNorm in the official code
+      if not last:
+        x = layers.gelu(x)
+    return x
+
+
+class PatchEmbed(nn.Module):
+  """Linear embedding of flattened (row, col, channel) patch vectors (not a conv)."""
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches):
+    return layers.dense(self.width, "proj", self.dtype)(patches)
+
+
+class Encoder(nn.Module):
+  """Pre-LN ViT + final LN + projector, on a subset of patches given by their grid ids."""
+  width: int
+  depth: int
+  num_heads: int
+  grid_size: int
+  mlp_ratio: float = 4.0
+  projector_dim: int = 4096
+  projector_depth: int = 3
+  freeze_pe: bool = True
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches, patch_ids):
+    """patches (B, L, p·p·C), patch_ids (B, L) int -> dict of (B, 1+L, D) representations."""
+    x = PatchEmbed(self.width, self.dtype, name="embed")(patches)
+    b = x.shape[0]
+    cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], axis=1)
+    table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe)
+    x = x.astype(jnp.float32) + gather_positions(table, patch_ids, with_cls=True)
+
+    block = nn.remat(layers.Block) if self.remat else layers.Block
+    for i in range(self.depth):
+      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x)
+    out = {"pre_norm": x}
+    x = layers.layer_norm("norm")(x)
+    out["encoded"] = x
+    if self.projector_depth > 0:
+      x = Projector(self.projector_dim, self.projector_depth, self.dtype, name="head")(x)
+    out["projected"] = x.astype(jnp.float32)
+    return out

@@ -1,0 +1,357 @@
+"""Pretraining: one trainer for every method, reading top to bottom (big_vision's order).
+
+    python -m lmim.train --config configs/lmim_demo.py --workdir workdirs/demo
+    python -m lmim.train --config configs/lmim_vitb16_in1k.py --workdir gs://bucket/run \
+        --config.input.data_dir=gs://bucket/tfds
+
+Sections: config checks (before anything compiles) · mesh · input · model and optimiser
+(shapes only) · shard and initialise · the update step · checkpoint resume · evals and the loop.
+Resuming is automatic: if the workdir holds a checkpoint of the same config, training continues
+from its latest step, the data stream from the saved global example index.
+"""
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lmim import config_lib, data, evaluators, methods, optim, schedules, sharding, views
+from lmim.checkpoint import Checkpointer
+from lmim.errors import CheckpointError
+from lmim.metrics_writer import MetricWriter, format_line, read_jsonl
+from lmim.train_state import TrainState
+
+log = logging.getLogger("lmim")
+COLLAPSE_SIM = 0.95
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a config before the first step runs."""
+  config: object            # resolved: durations in steps, peak lr filled in
+  method: object
+  mesh: jax.sharding.Mesh
+  source: object
+  info: object
+  tx: optax.GradientTransformation
+  state_shardings: TrainState
+  batch_shardings: dict
+  init_fn: object           # jitted: key -> TrainState, laid out on the mesh
+  step_fn: object           # jitted, state donated: (state, batch, key) -> (state, metrics)
+  init_key: jax.Array
+  step_key: jax.Array
+  traces: list              # one entry per trace of the step (a recompilation check)
+
+
+def prepare(config, devices=None) -> Setup:
+  """Check the config, open the training data and build everything for `config`."""
+  devices = list(devices if devices is not None else jax.devices())
+  methods.get(config.method).validate(config)
+  config_lib.validate_run(config, len(devices))
+  source, info = data.open_source(config.input.data, config.input.split, config.input.data_dir,
+                                  mean=config.input.mean, std=config.input.std)
+  return build(config, info, devices, source)
+
+
+def build(config, info, devices=None, source=None) -> Setup:
+  """Everything but the data: `info` (channels, num_examples) fixes the shapes and the epochs."""
+  ########################################################################################
+  # Config checks: every one-line error comes from here, before anything compiles.
+  ########################################################################################
+  method_module = methods.get(config.method)
+  devices = list(devices if devices is not None else jax.devices())
+  config_lib.validate_run(config, len(devices))
+  cfg = config_lib.resolve(config, info.num_examples)
+  method = method_module.build(cfg, info.channels)
+
+  ########################################################################################
+  # Mesh.
+  ########################################################################################
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+
+  ########################################################################################
+  # Model and optimiser: shapes only (jax.eval_shape), nothing materialised yet.
+  ########################################################################################
+  tx = optim.make(cfg.optim, peak_lr=cfg.optim.lr, total_steps=cfg.total_steps,
+                  warmup_steps=cfg.warmup_steps)
+  init_key, step_key = jax.random.split(jax.random.key(cfg.seed))
+
+  def init(key):
+    params, ema_params = method.init(key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                      opt_state=tx.init(params))
+
+  abstract = jax.eval_shape(init, init_key)
+
+  ########################################################################################
+  # Shard and initialise: the state is created directly in its sharded layout.
+  ########################################################################################
+  state_sh = sharding.tree_shardings(abstract, mesh, cfg.fsdp_min_size_mb)
+  init_fn = jax.jit(init, out_shardings=state_sh)
+  batch_sh = {"image": sharding.batch_sharding(mesh, batch_axis=1)}
+
+  ########################################################################################
+  # The update step: one optimiser step over `accum_steps` micro-batches.
+  ########################################################################################
+  micro = cfg.batch_size // cfg.accum_steps
+  lr_fn = functools.partial(schedules.learning_rate, peak=cfg.optim.lr, total_steps=cfg.total_steps,
+                            warmup_steps=cfg.warmup_steps, min_lr_frac=cfg.optim.min_lr_frac)
+  traces = []
+
+  def update(state, batch, key):
+    traces.append(1)  # runs at trace time only
+    step = state.step
+    key = jax.random.fold_in(key, step)
+    # Targets first (spec §7): one EMA step per optimiser step, from the previous online weights.
+    ema = None if state.ema_params is None else method.update_targets(state.ema_params, state.params, step)
+    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+
+    def micro_step(grads, xs):
+      mb, j = xs
+      keys = views.example_keys(key, j * micro + jnp.arange(micro))  # row in the global batch
+      (_, metrics), g = grad_fn(state.params, ema, mb, keys, step)
+      return jax.tree.map(jnp.add, grads, g), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    if cfg.accum_steps == 1:
+      grads, metrics = micro_step(zeros, (jax.tree.map(lambda x: x[0], batch), 0))
+    else:
+      grads, metrics = jax.lax.scan(micro_step, zeros, (batch, jnp.arange(cfg.accum_steps)))
+      # Official accumulation: each micro-batch loss is divided by accum_steps, grads summed.
+      grads = jax.tree.map(lambda g: g / cfg.accum_steps, grads)
+      metrics = jax.tree.map(lambda m: m.mean(axis=0), metrics)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(grad_norm=optax.global_norm(grads), lr=lr_fn(step))
+    if ema is not None:
+      metrics["momentum"] = method.momentum(step)
+    return TrainState(step=step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+
+  repl = sharding.replicated(mesh)
+  step_fn = jax.jit(update, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                    donate_argnums=0)
+  return Setup(cfg, method, mesh, source, info, tx, state_sh, batch_sh, init_fn, step_fn,
+               init_key, step_key, traces)
+
+
+def train_batches(setup: Setup, start_step: int):
+  cfg = setup.config
+  return data.train_batches(
+      setup.source, setup.info, image_size=setup.method.train_image_size,
+      global_batch=cfg.batch_size, accum_steps=cfg.accum_steps, start_step=start_step,
+      seed=cfg.seed, min_crop=cfg.input.min_crop, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_threads=cfg.input.num_threads,
+      prefetch=cfg.input.prefetch)
+
+
+def device_batch(setup: Setup, local: dict) -> dict:
+  """Process-local (accum, micro/P, H, W, C) images -> the global batch on the mesh."""
+  return sharding.global_batch({"image": local["image"]}, setup.mesh, batch_axis=1)
+
+
+def abstract_items(setup: Setup) -> dict:
+  """What a full-state restore expects: shapes, dtypes and the target shardings of each item."""
+  abstract = jax.eval_shape(setup.init_fn, setup.init_key)
+  out = {}
+  for name, tree in abstract.items().items():
+    if tree is not None:
+      sh = getattr(setup.state_shardings, name)
+      out[name] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
+  return out
+
+
+def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = None) -> dict:
+  """Pretrain (or resume) in `workdir`. `stop_after_steps` ends early, as a preemption would."""
+  ########################################################################################
+  # Logging.
+  ########################################################################################
+  _setup_logging(workdir)
+  setup = prepare(config, devices)
+  cfg, method, mesh = setup.config, setup.method, setup.mesh
+
+  ########################################################################################
+  # Checkpoint resume. Precedence: the workdir's own latest checkpoint, else a fresh start.
+  # A checkpoint of a different config is refused before anything is compiled or written.
+  ########################################################################################
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=cfg.checkpoint.keep_last,
+                      keep_every_steps=cfg.checkpoint.keep_every_steps,
+                      async_save=cfg.checkpoint.async_save)
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    saved = ckpt.restore_meta(start_step)
+    diffs = config_lib.diff_configs(saved["config"], cfg.to_dict())
+    if diffs:
+      raise CheckpointError(f"{workdir} holds a checkpoint (step {start_step}) of a different config; "
+                            f"refusing to resume. Use another --workdir, or restore these fields: "
+                            + "; ".join(diffs))
+  writer = MetricWriter(workdir)
+  if not start_step:
+    _write_config(workdir, config, cfg)
+
+  evals = {name: evaluators.from_config(name, ev, method=method, mesh=mesh)
+           for name, ev in cfg.evals.items()}
+
+  state = setup.init_fn(setup.init_key)
+  if start_step:
+    restored = ckpt.restore(start_step, abstract_items(setup))
+    state = TrainState(step=jax.device_put(jnp.int32(start_step), sharding.replicated(mesh)), **{
+        k: restored.get(k) for k in ("params", "ema_params", "opt_state")})
+    log.info("Resumed from step %d (data position %d).", start_step, start_step * cfg.batch_size)
+  else:
+    _log_parameters(state.params, writer)
+
+  ########################################################################################
+  # Compile once, ahead of time: the loop calls the compiled executable, which cannot retrace.
+  ########################################################################################
+  batches = iter(train_batches(setup, start_step))
+  first = next(batches)
+  t0 = time.perf_counter()
+  compiled = setup.step_fn.lower(state, device_batch(setup, first), setup.step_key).compile()
+  log.info("Compiled the train step in %.1f s.", time.perf_counter() - t0)
+
+  ########################################################################################
+  # Evals and the loop.
+  ########################################################################################
+  total = cfg.total_steps
+  stop = total if stop_after_steps is None else min(total, start_step + stop_after_steps)
+  results = {}
+  if start_step == 0:
+    results.update(_run_evals(evals, cfg, state, 0, writer, at_init=True))
+  pending, t_last, step_last = [], time.perf_counter(), start_step
+  local = first
+  for step in range(start_step, stop):
+    if local is None:
+      local = next(batches)
+    with jax.transfer_guard("disallow"):  # no implicit host<->device copies inside the loop
+      batch = device_batch(setup, local)
+      state, metrics = compiled(state, batch, setup.step_key)
+    local = None
+    pending.append(metrics)
+    done = step + 1
+    if done % cfg.log_every_steps == 0 or done == stop:
+      now = time.perf_counter()
+      summary = _summarise(jax.device_get(pending), done, cfg, now - t_last, done - step_last, stop)
+      pending, t_last, step_last = [], now, done
+      writer.write_scalars(done, summary)
+      log.info(format_line(done, total, summary))
+      if not np.isfinite(summary["loss"]):
+        raise FloatingPointError(f"loss is {summary['loss']} at step {done}; the last checkpoint "
+                                 f"(step {ckpt.latest_step()}) is intact")
+      if summary.get("sim_trg", 0.0) > COLLAPSE_SIM:
+        log.warning("Target similarity %.3f > %.2f at step %d: the targets are collapsing "
+                    "(the loss can look healthy while this happens).", summary["sim_trg"], COLLAPSE_SIM, done)
+    if done == stop or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) or (
+        cfg.checkpoint.keep_every_steps and done % cfg.checkpoint.keep_every_steps == 0):
+      ckpt.save(done, state.items(), _meta(cfg, config, setup.info, done), force=True)
+    for name, ev in cfg.evals.items():
+      if done == total or (ev.every_steps and done % ev.every_steps == 0):
+        results.update(_run_evals({name: evals[name]}, cfg, state, done, writer))
+  ckpt.wait()
+  ckpt.close()
+  if stop == total and jax.process_index() == 0:
+    _report(workdir, results)
+  writer.close()
+  return {"step": stop, "results": results, "state": state}
+
+
+# Helpers -------------------------------------------------------------------------------------
+
+def _meta(cfg, user_config, info, step: int) -> dict:
+  """What a resume, a probe or `inspect_ckpt` needs besides the arrays."""
+  return {"config": cfg.to_dict(), "user_config": user_config.to_dict(), "step": step,
+          # The data position is a global example index: any process count resumes from it.
+          "data_position": step * cfg.batch_size, "method": cfg.method,
+          "data": {"name": info.name, "channels": info.channels, "num_examples": info.num_examples,
+                   "mean": list(info.mean), "std": list(info.std)},
+          "process_count": jax.process_count(), "jax_version": jax.__version__}
+
+
+def _summarise(pending: list, step: int, cfg, seconds: float, steps: int, stop: int) -> dict:
+  """Mean over the steps since the last log line; schedule values from the last step."""
+  out = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+  for k in ("lr", "momentum", "sim_target"):
+    if k in pending[-1]:
+      out[k] = float(pending[-1][k])
+  out["images_per_sec"] = steps * cfg.batch_size / max(seconds, 1e-9)
+  out["eta_sec"] = (stop - step) * seconds / max(steps, 1)
+  return out
+
+
+def _run_evals(evals: dict, cfg, state, step: int, writer, at_init: bool = False) -> dict:
+  out = {}
+  for name, ev in evals.items():
+    if at_init and not cfg.evals[name].get("at_init", False):
+      continue
+    t0 = time.perf_counter()
+    for metric, value in ev.run(state):
+      key = f"{name}/{metric}" + ("_init" if at_init else "")
+      out[key] = value
+      log.info("eval %s at step %d: %.3f (%.1f s)", key, step, value, time.perf_counter() - t0)
+    writer.write_scalars(step, {k: v for k, v in out.items()})
+  return out
+
+
+def _report(workdir: str, results: dict):
+  """End of run: the evals at the end, beside the same evals at initialisation if measured."""
+  init = {}
+  for row in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    if row["step"] == 0:
+      init.update({k: v for k, v in row.items() if k.endswith("_init")})
+  lines = []
+  for key, value in results.items():
+    if key.endswith("_init"):
+      continue
+    before = init.get(key + "_init")
+    lines.append(f"  {key}: {value:.2f}" + (f"   (at initialisation: {before:.2f})" if before is not None else ""))
+  if lines:
+    log.info("Final evaluation:\n%s", "\n".join(lines))
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"final": {k: v for k, v in results.items() if not k.endswith("_init")},
+               "init": init}, f, indent=1)
+
+
+def _write_config(workdir: str, user_config, cfg):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      json.dump({"user_config": user_config.to_dict(), "resolved": cfg.to_dict()}, f, indent=1, default=str)
+
+
+def _log_parameters(params, writer):
+  from clu import parameter_overview  # pylint: disable=import-outside-toplevel
+  text = parameter_overview.get_parameter_overview(params, include_stats=False)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  log.info("Trainable parameters: %s (%.2fM)\n%s", f"{n:,}", n / 1e6, text)
+  writer.write_text("parameters", f"<pre>{text}</pre>")
+
+
+def _setup_logging(workdir: str):
+  os.makedirs(workdir, exist_ok=True)
+  logger = logging.getLogger("lmim")
+  logger.setLevel(logging.INFO)
+  fmt = logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S")
+  if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+             for h in logger.handlers):
+    h = logging.StreamHandler()
+    h.setFormatter(fmt)
+    logger.addHandler(h)
+  if jax.process_index() == 0:
+    path = os.path.abspath(os.path.join(workdir, "log.txt"))
+    for h in list(logger.handlers):
+      if isinstance(h, logging.FileHandler):
+        logger.removeHandler(h)
+        h.close()
+    fh = logging.FileHandler(path)
+    fh.setFormatter(fmt)
+    logger.addHandler(fh)
+  logger.propagate = False
+
+
+if __name__ == "__main__":
+  from lmim import cli  # pylint: disable=import-outside-toplevel
+  cli.main_train(train)

@@ -1,0 +1,74 @@
+"""Bad input: one clear line naming the field, the value and what is valid, before compiling."""
+import jax
+import pytest
+
+from lmim import config_lib, train
+from lmim.errors import ConfigError
+from tiny import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def no_compilation(monkeypatch):
+  """Any config error must surface before the trainer builds a single jitted function."""
+  def fail(*a, **k):
+    raise AssertionError("jax.jit was reached before the config error")
+  monkeypatch.setattr(train.jax, "jit", fail)
+
+
+CASES = [
+    ({"views.num_vis": 0}, "views.num_vis", "[1, 15]"),
+    ({"views.num_vis": 16}, "views.num_vis", "[1, 15]"),
+    ({"model.num_heads": 3}, "model.num_heads", "divide the encoder width 32"),
+    ({"model.width": 30, "model.num_heads": 3}, "model.width", "divisible by 4"),
+    ({"model.decoder.num_heads": 3}, "model.decoder.num_heads", "divide the decoder width 16"),
+    ({"loss.name": "l3"}, "loss.name", "patch_disc"),
+    ({"method": "simclr"}, "method", "latent_mim"),
+    ({"model.variant": "XL/16"}, "model.variant", "Ti/S/B/L/H"),
+    ({"model.dtype": "float16"}, "model.dtype", "bfloat16"),
+    ({"mesh.data": 3}, "mesh", "device count 8"),
+    ({"mesh.data": 2, "mesh.fsdp": 2}, "mesh", "device count 8"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "mesh", "at most one axis"),
+    ({"batch_size": 12}, "batch_size", "data-parallel size (8"),
+    ({"batch_size": 16, "accum_steps": 4}, "batch_size", "times accum_steps (4) = 32"),
+    ({"sim_reg.group_size": 3}, "sim_reg.group_size", "divide the micro-batch"),
+    ({"optim.min_lr_frac": 1.5}, "optim.min_lr_frac", "[0, 1]"),
+    ({"total_epochs": 5.0}, "total_steps", "not both"),
+]
+
+
+@pytest.mark.parametrize("overrides,field,valid", CASES, ids=[c[1] + ":" + str(list(c[0].values())) for c in CASES])
+def test_bad_config_is_one_line_naming_field_and_valid_range(overrides, field, valid):
+  with pytest.raises(ConfigError) as e:
+    train.prepare(tiny_config(**overrides))
+  msg = str(e.value)
+  assert "\n" not in msg
+  assert msg.startswith(f"config.{field}=")
+  assert valid in msg
+
+
+def test_mesh_shape_fills_the_free_axis():
+  cfg = tiny_config()
+  assert config_lib.mesh_shape(cfg.mesh, 8) == (8, 1)
+  cfg.mesh.update(dict(data=2, fsdp=-1))
+  assert config_lib.mesh_shape(cfg.mesh, 8) == (2, 4)
+
+
+def test_durations_in_epochs_resolve_to_steps():
+  cfg = tiny_config(**{"total_steps": None, "warmup_steps": None, "total_epochs": 2.0, "warmup_epochs": 0.5})
+  r = config_lib.resolve(cfg, num_train_examples=100)
+  assert r.steps_per_epoch == 6 and r.total_steps == 12 and r.warmup_steps == 3.0
+  assert r.optim.lr == pytest.approx(cfg.optim.blr * 16 / 256)
+
+
+def test_parse_arg_rejects_unknown_keys():
+  assert config_lib.parse_arg("variant=S/16,runlocal", variant="B/16", runlocal=False).runlocal is True
+  with pytest.raises(ConfigError, match="variant"):
+    config_lib.parse_arg("varaint=S/16", variant="B/16")
+
+
+def test_config_override_typo_fails_on_locked_config():
+  from configs import lmim_demo  # pylint: disable=import-outside-toplevel
+  cfg = lmim_demo.get_config()
+  cfg.lock()
+  with pytest.raises(AttributeError):
+    cfg.optim.blrr = 1e-3
