@@ -6,13 +6,21 @@ Errors meant for people (lmim.errors.LmimError) print as one line and exit with 
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
 from lmim.errors import LmimError
 
 
+def _quiet_libraries():
+  """TFDS logs every dataset-info read at INFO through absl and draws progress bars."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  tfds.disable_progress_bar()
+
+
 def _guard(fn):
+  _quiet_libraries()
   try:
     return fn()
   except LmimError as e:

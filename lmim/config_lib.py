@@ -50,7 +50,7 @@ def base_config() -> mlc.ConfigDict:
   c.total_epochs = mlc.FieldReference(800.0, field_type=float)
   c.total_steps = mlc.FieldReference(None, field_type=int)
   c.warmup_epochs = mlc.FieldReference(40.0, field_type=float)
-  c.warmup_steps = mlc.FieldReference(None, field_type=int)
+  c.warmup_steps = mlc.FieldReference(None, field_type=float)
   c.optim = mlc.ConfigDict(dict(
       blr=1.5e-4,              # lr = blr · batch_size / 256 unless `lr` is set
       lr=mlc.FieldReference(None, field_type=float),
@@ -122,7 +122,8 @@ def resolve(config: mlc.ConfigDict, num_train_examples: int) -> mlc.ConfigDict:
   Epochs follow the official loader (drop_last): steps_per_epoch = ⌊N / batch⌋. Total steps
   are rounded to a whole step; warmup may stay fractional, as in the official epoch clock.
   """
-  c = mlc.ConfigDict(config.to_dict())  # unlocked copy; the user's config stays as given
+  # An unlocked, untyped copy (fractional warmup steps may replace an int); the user's config stays.
+  c = mlc.ConfigDict(config.to_dict(), type_safe=False)
   spe = num_train_examples // c.batch_size
   if spe < 1 and (c.total_steps is None or c.warmup_steps is None):
     raise ConfigError("batch_size", c.batch_size,

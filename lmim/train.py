@@ -204,7 +204,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
         k: restored.get(k) for k in ("params", "ema_params", "opt_state")})
     log.info("Resumed from step %d (data position %d).", start_step, start_step * cfg.batch_size)
   else:
-    _log_parameters(state.params, writer)
+    _log_parameters(state.params, workdir, writer)
 
   ########################################################################################
   # Compile once, ahead of time: the loop calls the compiled executable, which cannot retrace.
@@ -322,11 +322,15 @@ def _write_config(workdir: str, user_config, cfg):
       json.dump({"user_config": user_config.to_dict(), "resolved": cfg.to_dict()}, f, indent=1, default=str)
 
 
-def _log_parameters(params, writer):
+def _log_parameters(params, workdir: str, writer):
+  """Parameter count on the console; the per-parameter table in parameters.txt and TensorBoard."""
   from clu import parameter_overview  # pylint: disable=import-outside-toplevel
   text = parameter_overview.get_parameter_overview(params, include_stats=False)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  log.info("Trainable parameters: %s (%.2fM)\n%s", f"{n:,}", n / 1e6, text)
+  log.info("Trainable parameters: %s (%.2fM); table in %s/parameters.txt", f"{n:,}", n / 1e6, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "parameters.txt"), "w", encoding="utf-8") as f:
+      f.write(text + "\n")
   writer.write_text("parameters", f"<pre>{text}</pre>")
 
 

@@ -1,0 +1,5 @@
+"""Data: sources (TFDS array_record, image folders, the embedded mnist5k), host transforms and
+grain pipelines addressed by a global example index."""
+from lmim.data.embedded import ensure_prepared
+from lmim.data.pipeline import eval_batches, num_eval_batches, train_batches
+from lmim.data.sources import DataInfo, open_source
