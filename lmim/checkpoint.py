@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lmim.errors import CheckpointError
+from lmim.train_state import CHECKPOINT_ITEMS
 
 
 def _key_name(k) -> str:
@@ -74,12 +75,15 @@ def find_checkpoint_dir(path: str) -> str:
 
 class Checkpointer:
   def __init__(self, directory: str, *, keep_last: int = 3, keep_every_steps: int | None = None,
-               async_save: bool = True, create: bool = True):
+               async_save: bool = True, create: bool = True, item_names=CHECKPOINT_ITEMS):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep_last, keep_period=keep_every_steps, create=create,
         enable_async_checkpointing=async_save)
-    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+    # Registering the handlers up front lets a fresh process read item metadata before restoring.
+    handlers = {name: ocp.StandardCheckpointHandler() for name in item_names}
+    handlers["meta"] = ocp.JsonCheckpointHandler()
+    self._mngr = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
   # Queries ------------------------------------------------------------------------------------
   def latest_step(self) -> int | None:
@@ -90,7 +94,7 @@ class Checkpointer:
 
   def items(self, step: int) -> list[str]:
     self._check_step(step)
-    return sorted(k for k, v in self._mngr.item_metadata(step).items() if v is not None)
+    return sorted(k for k in self._mngr.item_metadata(step).keys() if k != "meta")
 
   def saved_tree(self, step: int, item: str):
     """The saved tree of one item: Orbax ArrayMetadata leaves (shape, dtype), no data read."""

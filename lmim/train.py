@@ -81,6 +81,9 @@ def build(config, info, devices=None, source=None) -> Setup:
   tx = optim.make(cfg.optim, peak_lr=cfg.optim.lr, total_steps=cfg.total_steps,
                   warmup_steps=cfg.warmup_steps)
   init_key, step_key = jax.random.split(jax.random.key(cfg.seed))
+  repl = sharding.replicated(mesh)
+  # Keys live on the mesh from the start, so the loop never moves them (transfer guard).
+  init_key, step_key = jax.device_put((init_key, step_key), repl)
 
   def init(key):
     params, ema_params = method.init(key)
@@ -128,12 +131,11 @@ def build(config, info, devices=None, source=None) -> Setup:
       metrics = jax.tree.map(lambda m: m.mean(axis=0), metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(grad_norm=optax.global_norm(grads), lr=lr_fn(step))
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=lr_fn(step))
     if ema is not None:
       metrics["momentum"] = method.momentum(step)
     return TrainState(step=step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
-  repl = sharding.replicated(mesh)
   step_fn = jax.jit(update, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                     donate_argnums=0)
   return Setup(cfg, method, mesh, source, info, tx, state_sh, batch_sh, init_fn, step_fn,

@@ -5,6 +5,10 @@ import pathlib
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+# Many tests compile the same tiny programs; a persistent cache turns repeats into lookups.
+jax.config.update("jax_compilation_cache_dir", os.environ.get("LMIM_TEST_JAX_CACHE", "/tmp/lmim_test_jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Fixtures are read from ../shared beside the project root, never copied in.
