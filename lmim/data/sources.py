@@ -110,15 +110,17 @@ def _open_tfds(name: str, split: str, data_dir: str | None, field: str):
   how = (f"tfds build {name} --file_format=array_record --data_dir={where}"
          + (" (after placing the ILSVRC2012 tars in <data_dir>/downloads/manual)"
             if name.startswith("imagenet") else ""))
-  if not builder.is_prepared():
-    raise DataNotPreparedError(f"dataset '{name}' is not prepared in {where}; prepare it with: {how}")
   try:
     src = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except NotImplementedError:
+  except ValueError as e:
+    if builder.is_prepared():
+      raise ConfigError(field.replace("data", "split"), split, f"a split of {name}: {e}".splitlines()[0]) from None
+    raise DataNotPreparedError(f"dataset '{name}' is not prepared in {where}; prepare it with: {how}") from None
+  except Exception:  # tfds raises a variety of errors for missing or tfrecord-only datasets
+    if not builder.is_prepared():
+      raise DataNotPreparedError(f"dataset '{name}' is not prepared in {where}; prepare it with: {how}") from None
     raise DataNotPreparedError(f"dataset '{name}' in {where} is not in array_record format "
                                f"(lmim reads it without TensorFlow); rebuild it with: {how}") from None
-  except ValueError as e:
-    raise ConfigError(field, split, f"a split of {name}: {e}".splitlines()[0]) from None
   feats = src.dataset_info.features
   channels = int(feats["image"].shape[-1] or 3)
   num_classes = int(feats["label"].num_classes) if "label" in feats else 0
