@@ -182,15 +182,21 @@ def frozen_pos_tables(cfg) -> dict | None:
           ("params", "decoder"): sincos_table(cfg.model.decoder.width, grid)}
 
 
+def target_trees(config, channels: int = 3):
+  """(resolved config, method, {'params', 'ema_params'} ShapeDtypeStruct trees) for a config."""
+  # Durations do not matter for a converted checkpoint; resolve them on a nominal epoch.
+  cfg = config_lib.resolve(config, num_train_examples=max(config.batch_size, 1))
+  method = methods.get(cfg.method).build(cfg, channels)
+  abstract = dict(zip(("params", "ema_params"), jax.eval_shape(method.init, jax.random.key(0))))
+  return cfg, method, abstract
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def convert_checkpoint(config, checkpoint: str, workdir: str) -> str:
   """Read an official checkpoint, convert it strictly, write it as an lmim checkpoint (step 0)."""
-  # Durations do not matter for a converted checkpoint; resolve them on a nominal epoch.
-  cfg = config_lib.resolve(config, num_train_examples=max(config.batch_size, 1))
-  method = methods.get(cfg.method).build(cfg, 3)
-  abstract = dict(zip(("params", "ema_params"), jax.eval_shape(method.init, jax.random.key(0))))
+  cfg, _, abstract = target_trees(config)
   trees = convert(load_state_dict(checkpoint), abstract, frozen_pos_tables(cfg))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=1, async_save=False)
   if ckpt.latest_step() is not None:

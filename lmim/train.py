@@ -208,6 +208,14 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   else:
     _log_parameters(state.params, workdir, writer)
 
+  total = cfg.total_steps
+  stop = total if stop_after_steps is None else min(total, start_step + stop_after_steps)
+  if start_step >= stop:
+    log.info("Nothing to do: the checkpoint is at step %d of %d.", start_step, total)
+    ckpt.close()
+    writer.close()
+    return {"step": start_step, "results": {}, "state": state}
+
   ########################################################################################
   # Compile once, ahead of time: the loop calls the compiled executable, which cannot retrace.
   ########################################################################################
@@ -220,8 +228,6 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   ########################################################################################
   # Evals and the loop.
   ########################################################################################
-  total = cfg.total_steps
-  stop = total if stop_after_steps is None else min(total, start_step + stop_after_steps)
   results = {}
   if start_step == 0:
     results.update(_run_evals(evals, cfg, state, 0, writer, at_init=True))

@@ -19,17 +19,10 @@ ACTIVATIONS = ("patch_pix", "target_out", "x_trg", "x_vis", "decoder_queries_in"
                "loss_main", "loss_total", "sim_pred", "sim_vis", "sim_trg", "nn_features")
 
 
-def build(hp):
-  cfg = convert.config_from_official(hp)
-  cfg.total_steps = 1
-  return latent_mim.build(cfg, channels=3), cfg
-
-
 @pytest.fixture(scope="module", params=DIRS, ids=[d.name for d in DIRS])
 def run(request):
   hp, sd, inputs, expected = load(request.param)
-  method, cfg = build(hp)
-  abstract = dict(zip(("params", "ema_params"), jax.eval_shape(method.init, jax.random.key(0))))
+  cfg, method, abstract = convert.target_trees(convert.config_from_official(hp))
   trees = convert.convert(sd, abstract, convert.frozen_pos_tables(cfg))
   params, ema = trees["params"], trees["ema_params"]
 
