@@ -17,7 +17,7 @@ from lmim import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, steps=600, batch_size=128)
+  a = config_lib.parse_arg(arg, steps=1000, batch_size=128)
   c = config_lib.base_config()
   c.seed = 0
   c.model.update(dict(variant="S/4", width=96, depth=4, num_heads=4, grid_size=7))

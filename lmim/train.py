@@ -199,13 +199,13 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   evals = {name: evaluators.from_config(name, ev, method=method, mesh=mesh)
            for name, ev in cfg.evals.items()}
 
-  state = setup.init_fn(setup.init_key)
-  if start_step:
+  if start_step:  # restored straight into the target shardings; nothing is initialised first
     restored = ckpt.restore(start_step, abstract_items(setup))
     state = TrainState(step=jax.device_put(jnp.int32(start_step), sharding.replicated(mesh)), **{
         k: restored.get(k) for k in ("params", "ema_params", "opt_state")})
     log.info("Resumed from step %d (data position %d).", start_step, start_step * cfg.batch_size)
   else:
+    state = setup.init_fn(setup.init_key)
     _log_parameters(state.params, workdir, writer)
 
   total = cfg.total_steps
@@ -257,9 +257,10 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
     if done == stop or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) or (
         cfg.checkpoint.keep_every_steps and done % cfg.checkpoint.keep_every_steps == 0):
       ckpt.save(done, state.items(), _meta(cfg, config, setup.info, done), force=True)
-    for name, ev in cfg.evals.items():
-      if done == total or (ev.every_steps and done % ev.every_steps == 0):
-        results.update(_run_evals({name: evals[name]}, cfg, state, done, writer))
+    due = [n for n, ev in cfg.evals.items() if done == total or (ev.every_steps and done % ev.every_steps == 0)]
+    if due:
+      results.update(_run_evals({n: evals[n] for n in due}, cfg, state, done, writer))
+      t_last = time.perf_counter()  # evals do not count against images/s
   ckpt.wait()
   ckpt.close()
   if stop == total and jax.process_index() == 0:
