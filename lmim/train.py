@@ -251,9 +251,9 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
       if not np.isfinite(summary["loss"]):
         raise FloatingPointError(f"loss is {summary['loss']} at step {done}; the last checkpoint "
                                  f"(step {ckpt.latest_step()}) is intact")
-      if summary.get("sim_trg", 0.0) > COLLAPSE_SIM:
-        log.warning("Target similarity %.3f > %.2f at step %d: the targets are collapsing "
-                    "(the loss can look healthy while this happens).", summary["sim_trg"], COLLAPSE_SIM, done)
+      warning = collapse_warning(summary, done)
+      if warning:
+        log.warning(warning)
     if done == stop or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) or (
         cfg.checkpoint.keep_every_steps and done % cfg.checkpoint.keep_every_steps == 0):
       ckpt.save(done, state.items(), _meta(cfg, config, setup.info, done), force=True)
@@ -270,6 +270,15 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
 
 
 # Helpers -------------------------------------------------------------------------------------
+
+def collapse_warning(summary: dict, step: int) -> str | None:
+  """EMA-target losses can look healthy while every target token points the same way."""
+  sim = summary.get("sim_trg")
+  if sim is not None and sim > COLLAPSE_SIM:
+    return (f"target Sim {sim:.3f} > {COLLAPSE_SIM} at step {step}: the targets are collapsing "
+            "(mean pairwise cosine of target tokens); the loss can look healthy while this happens")
+  return None
+
 
 def _meta(cfg, user_config, info, step: int) -> dict:
   """What a resume, a probe or `inspect_ckpt` needs besides the arrays."""
