@@ -1,43 +1,90 @@
 """List what a workdir's checkpoints hold: steps, items, leaf shapes, and the saved config.
 
     python -m lmim.inspect_ckpt workdirs/demo [--step 400]
+
+Reads only Orbax metadata and the JSON meta item, never array data, so it is instant on any
+checkpoint size and safe to run beside a training job (it opens the directory read-only).
 """
+import argparse
 import json
 import sys
 
+from absl import logging as absl_logging
+import jax
 import numpy as np
 
-from lmim.checkpoint import Checkpointer, find_checkpoint_dir, flat_leaves
+from lmim.checkpoint import Checkpointer, find_checkpoint_dir, flat_leaves, unfinished_saves
 from lmim.errors import LmimError
+from lmim.train_state import CHECKPOINT_ITEMS
+
+# Meta keys shown in the step summary or in their own section; any other key is listed as is.
+_SUMMARY_KEYS = ("step", "data_position", "method", "process_count", "jax_version")
+_SECTION_KEYS = ("config", "data")
+# The config as the user wrote it, before durations were resolved: `config` is what actually ran.
+_OMITTED_KEYS = ("user_config",)
+
+
+def _itemsize(dtype: str) -> int:
+  try:
+    return np.dtype(dtype).itemsize
+  except TypeError:  # extended dtypes (typed PRNG keys) have no numpy size
+    return 0
+
+
+def _item_lines(ckpt: Checkpointer, step: int, item: str) -> list[str]:
+  leaves = flat_leaves(ckpt.saved_tree(step, item))
+  count = sum(int(np.prod(shape)) for shape, _ in leaves.values())
+  nbytes = sum(int(np.prod(shape)) * _itemsize(dtype) for shape, dtype in leaves.values())
+  lines = [f"[{item}] {len(leaves)} arrays, {count:,} values, {nbytes:,} bytes "
+           f"({nbytes / 2**20:.2f} MiB)"]
+  width = max((len(k) for k in leaves), default=0)
+  shape_width = max((len(str(s)) for s, _ in leaves.values()), default=0)
+  lines += [f"  {name:<{width}}  {str(shape):<{shape_width}}  {dtype}"
+            for name, (shape, dtype) in sorted(leaves.items())]
+  return lines
 
 
 def inspect(workdir: str, step: int | None = None) -> str:
+  """The report for `workdir` (or its checkpoints/ directory) at `step` (default: the latest).
+
+  Raises:
+    CheckpointError: the path does not exist, holds no checkpoint, or lacks `step`.
+  """
   directory = find_checkpoint_dir(workdir)
-  ckpt = Checkpointer(directory, create=False)
-  steps = ckpt.all_steps()
-  step = ckpt.latest_step() if step is None else step
-  lines = [f"checkpoints: {directory}",
-           "steps: " + ", ".join(f"{s}{' (latest)' if s == steps[-1] else ''}" for s in steps)]
-  meta = ckpt.restore_meta(step)
-  lines.append(f"step {step}: data position {meta.get('data_position')} (global example index), "
-               f"method {meta.get('method')}, saved by {meta.get('process_count', '?')} process(es)")
-  for item in ckpt.items(step):
-    leaves = flat_leaves(ckpt.saved_tree(step, item))
-    count = sum(int(np.prod(shape)) for shape, _ in leaves.values())
-    nbytes = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in leaves.values())
-    lines.append(f"\n[{item}] {len(leaves)} arrays, {count:,} values, {nbytes / 2**20:.2f} MiB")
-    width = max((len(k) for k in leaves), default=0)
-    lines += [f"  {name:<{width}}  {str(shape):<16} {dtype}" for name, (shape, dtype) in sorted(leaves.items())]
+  with Checkpointer(directory, create=False, read_only=True) as ckpt:
+    steps = ckpt.all_steps()
+    latest = steps[-1]
+    step = latest if step is None else step
+    meta = ckpt.restore_meta(step)  # raises a CheckpointError naming the saved steps
+    lines = [f"checkpoint directory: {ckpt.directory}",
+             "steps: " + ", ".join(f"{s}{' (latest)' if s == latest else ''}" for s in steps)]
+    leftovers = unfinished_saves(directory)
+    if leftovers:
+      lines.append(f"unfinished saves (ignored): {', '.join(leftovers)} (in flight, or "
+                   "interrupted; never restored)")
+    lines += ["", f"step {step}:",
+              f"  step: {meta.get('step', '?')}",
+              f"  data position: {meta.get('data_position', '?')} (global example index)"]
+    if "method" in meta:
+      lines.append(f"  method: {meta['method']}")
+    if "process_count" in meta or "jax_version" in meta:
+      lines.append(f"  saved by: {meta.get('process_count', '?')} process(es), "
+                   f"jax {meta.get('jax_version', '?')}")
+    for key in sorted(set(meta) - set(_SUMMARY_KEYS + _SECTION_KEYS + _OMITTED_KEYS)):
+      lines.append(f"  {key}: {json.dumps(meta[key], sort_keys=True)}")
+    order = {name: i for i, name in enumerate(CHECKPOINT_ITEMS)}
+    for item in sorted(ckpt.items(step), key=lambda n: (order.get(n, len(order)), n)):
+      lines += [""] + _item_lines(ckpt, step, item)
   if "data" in meta:
-    lines.append(f"\n[data] {json.dumps(meta['data'])}")
-  lines.append("\n[config]\n" + json.dumps(meta.get("config", {}), indent=1, sort_keys=True, default=str))
-  ckpt.close()
+    lines += ["", "[data] " + json.dumps(meta["data"], sort_keys=True)]
+  config = json.dumps(meta.get("config", {}), indent=2, sort_keys=True, default=str)
+  lines += ["", "[config]", config]
   return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog="python -m lmim.inspect_ckpt", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m lmim.inspect_ckpt",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("workdir", help="an lmim workdir or its checkpoints/ directory")
   parser.add_argument("--step", type=int, default=None, help="a saved step (default: the latest)")
   args = parser.parse_args(argv)
@@ -50,4 +97,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  # Inspection reads files only: never claim an accelerator that a training job may be using.
+  jax.config.update("jax_platforms", "cpu")
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax's notes on read-only opening are noise
   sys.exit(main(sys.argv[1:]))
