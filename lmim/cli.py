@@ -61,10 +61,13 @@ def main_convert(convert_fn):
                                   lock_config=True)
   flags.DEFINE_string("checkpoint", None, "Official state dict: .pth (needs torch) or .npz.")
   flags.DEFINE_string("workdir", None, "Empty directory to write the lmim checkpoint into.")
+  flags.DEFINE_bool("encoder_only", False, "The checkpoint holds only the encoder (e.g. MAE's "
+                    "mae_pretrain_vit_*.pth): fill exactly the encoder.")
   flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
 
   def main(argv):
     del argv
-    out = _guard(lambda: convert_fn(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.workdir))
+    out = _guard(lambda: convert_fn(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.workdir,
+                                    encoder_only=flags.FLAGS.encoder_only))
     print(f"wrote {out}")
   app.run(main)

@@ -16,9 +16,11 @@ RESUMABLE_FIELDS = ("log_every_steps", "checkpoint", "evals", "mesh", "fsdp_min_
                     "input.data_dir", "input.num_threads", "input.prefetch", "model.remat")
 
 
-def base_config() -> mlc.ConfigDict:
+def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
+  """Fields shared by every method, plus the method's own block(s) from `add_config`."""
+  from lmim import methods  # pylint: disable=import-outside-toplevel
   c = mlc.ConfigDict()
-  c.method = "latent_mim"
+  c.method = method
   c.seed = 0
 
   c.model = mlc.ConfigDict(dict(
@@ -27,24 +29,12 @@ def base_config() -> mlc.ConfigDict:
       mlp_ratio=4.0,
       grid_size=14,            # g: patches per side (L = g²)
       freeze_pe=True,          # frozen sin-cos table (official default)
+      posemb="lmim",           # sin-cos coordinates: 'lmim' (official Latent MIM) or 'mae'
       dtype="float32",         # matmul dtype; 'bfloat16' for speed on TPU/GPU (softmax, LN, loss stay f32)
       remat=False,             # rematerialise blocks in the backward pass (memory for compute)
       projector=dict(dim=4096, depth=3),
-      decoder=dict(width=512, depth=3, num_heads=16, visual_cues=True),
+      decoder=dict(type="cross", width=512, depth=3, num_heads=16, visual_cues=True),
   ))
-  c.views = mlc.ConfigDict(dict(
-      patch_gap=4,             # pixels between cells; train images are g·(p+gap) px, eval g·p px
-      num_vis=20,              # visible patches per image (mask ratio 1 − 20/196 ≈ 0.9)
-      mask_target=True,        # the target encoder sees only the targets (False: all patches)
-  ))
-  c.loss = mlc.ConfigDict(dict(name="patch_disc", tau=0.2))  # or 'norm_mse' (official norm_l2)
-  c.sim_reg = mlc.ConfigDict(dict(
-      coeff=0.1,               # c in c·(Sim − s_t)²; 0 disables (official yaml), 0.1 = README recipe
-      start=0.75, end=0.25,    # s_t follows a cosine from start to end over training
-      group_size=mlc.FieldReference(None, field_type=int),  # examples per Sim mean; None = micro-batch
-  ))
-  c.ema = mlc.ConfigDict(dict(momentum=0.99))  # m0; cosine to 1
-
   c.batch_size = 4096          # global, per optimiser step
   c.accum_steps = 1            # micro-batches per optimiser step
   c.total_epochs = mlc.FieldReference(800.0, field_type=float)
@@ -63,6 +53,7 @@ def base_config() -> mlc.ConfigDict:
       data_dir=mlc.FieldReference(None, field_type=str),
       split="train",
       min_crop=0.2,            # RandomResizedCrop scale lower bound
+      flip=True,               # random horizontal flip
       mean=mlc.FieldReference(None, field_type=tuple),  # None: the dataset's statistics
       std=mlc.FieldReference(None, field_type=tuple),
       num_threads=8, prefetch=4,
@@ -81,6 +72,7 @@ def base_config() -> mlc.ConfigDict:
       keep_every_epochs=mlc.FieldReference(50.0, field_type=float),
       async_save=True,
   ))
+  methods.get(method).add_config(c)
   return c
 
 

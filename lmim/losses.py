@@ -65,6 +65,77 @@ def sim_regularizer(z, sim_target, group_size: int):
   return jnp.mean(jnp.square(sims - sim_target))
 
 
-RECONSTRUCTION_LOSSES = ("patch_disc", "norm_mse")
+def token_distances(pred, target):
+  """Per-token squared L2 and L1 distances (B, Lt) between predictions and targets."""
+  d = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  return jnp.sum(jnp.square(d), axis=-1), jnp.sum(jnp.abs(d), axis=-1)
+
+
+def mse(pred, target):
+  """Paper ablation (seed formula): Δ_L2 = ‖ẑ − z‖², averaged over target tokens."""
+  return token_distances(pred, target)[0].mean()
+
+
+def l1(pred, target):
+  """Paper ablation: Δ_L1 = ‖ẑ − z‖₁, averaged over target tokens."""
+  return token_distances(pred, target)[1].mean()
+
+
+def huber(pred, target, delta: float):
+  """Paper ablation, token-level Huber: ½Δ_L2 if Δ_L2 < δ², else δ(Δ_L1 − δ/2)."""
+  d2, d1 = token_distances(pred, target)
+  return jnp.where(d2 < delta ** 2, 0.5 * d2, delta * (d1 - 0.5 * delta)).mean()
+
+
+def smooth_l1(pred, target, beta: float):
+  """torch's smooth_l1_loss (elementwise, mean): 0.5·x²/β if |x| < β else |x| − 0.5·β."""
+  x = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  return jnp.where(x < beta, 0.5 * jnp.square(x) / beta, x - 0.5 * beta).mean()
+
+
+def layer_norm_no_params(x, eps: float = 1e-6):
+  """Parameter-free LayerNorm over the last axis (biased variance, as F.layer_norm)."""
+  x = x.astype(jnp.float32)
+  mu = x.mean(-1, keepdims=True)
+  return (x - mu) / jnp.sqrt(jnp.var(x, axis=-1, keepdims=True) + eps)
+
+
+def cosine_distance(pred, target):
+  """1 − cos, averaged over tokens (PCAE)."""
+  return 1.0 - jnp.sum(l2_normalize(pred.astype(jnp.float32)) * l2_normalize(target.astype(jnp.float32)),
+                       axis=-1).mean()
+
+
+def norm_pix_mse(pred, target_patches, removed, norm_pix: bool = True):
+  """MAE's loss: per-patch MSE to (optionally standardised) pixels, averaged over removed patches.
+
+  pred, target_patches (B, L, p·p·C); removed (B, L) 1 where the patch was masked. The target
+  standardisation uses the unbiased variance + 1e-6, as MAE (torch .var()).
+  """
+  t = target_patches.astype(jnp.float32)
+  if norm_pix:
+    t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(jnp.var(t, axis=-1, keepdims=True, ddof=1) + 1e-6)
+  per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - t), axis=-1)
+  return jnp.sum(per_patch * removed) / jnp.sum(removed)
+
+
+def info_nce(a, b, tau: float):
+  """Symmetric InfoNCE between two batches of embeddings (positives on the diagonal, the rest of
+  the batch as negatives), ×2τ as MoCo v3 so the magnitude does not depend on τ."""
+  a, b = l2_normalize(a.astype(jnp.float32)), l2_normalize(b.astype(jnp.float32))
+  logits = a @ b.T / tau
+  labels = jnp.arange(a.shape[0])
+  ce = lambda lg: jnp.mean(jax.nn.logsumexp(lg, axis=-1) - lg[labels, labels])
+  return tau * (ce(logits) + ce(logits.T))
+
+
+def cross_entropy(logits, labels):
+  """Mean softmax cross entropy with integer labels."""
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - picked)
+
+
+RECONSTRUCTION_LOSSES = ("patch_disc", "norm_mse", "mse", "l1", "huber")
 # The official config names, accepted as aliases.
 LOSS_ALIASES = {"infonce_patches": "patch_disc", "norm_l2": "norm_mse"}

@@ -5,7 +5,7 @@
     out = enc.apply(enc.params, images)    # images (B, g·p, g·p, C), normalised with enc.mean/std
     out["pooled"]        # (B, D) mean of patch tokens before the final LayerNorm (official NN feature)
     out["patch_tokens"]  # (B, g·g, D) after the final LayerNorm
-    out["cls"]           # (B, D) CLS after the final LayerNorm
+    out["cls"]           # (B, D) CLS after the final LayerNorm (absent for CLS-free encoders)
 
 Works on any lmim workdir and on converted official checkpoints (lmim.convert). Only the
 requested item is read, so probing an EMA encoder never touches the optimiser state.
@@ -17,8 +17,9 @@ import jax
 import ml_collections as mlc
 
 from lmim import methods, sharding
-from lmim.checkpoint import Checkpointer, find_checkpoint_dir
+from lmim.checkpoint import Checkpointer, find_checkpoint_dir, flat_leaves
 from lmim.errors import ConfigError
+from lmim.evaluators import features
 
 
 @dataclasses.dataclass
@@ -44,8 +45,15 @@ def load_encoder(workdir: str, *, step: int | None = None, which: str = "ema", m
   method = methods.get(cfg.method).build(cfg, meta["data"]["channels"])
   mesh = mesh or sharding.make_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1)))
   params, ema = jax.eval_shape(method.init, jax.random.key(0))
+  if which == "ema" and ema is None:
+    raise ConfigError("which", which, f"'online': method {cfg.method} (targets.mode="
+                      f"{cfg.get('targets', {}).get('mode', '-')}) keeps no EMA encoder")
   item = "params" if which == "online" else "ema_params"
   tree = params if which == "online" else ema
+  if item == "params":  # encoder-only imports (lmim.convert --encoder_only) hold just the encoder
+    saved = set(flat_leaves(ckpt.saved_tree(step, "params")))
+    if not any(k.startswith(("decoder/", "target_encoder/")) for k in saved):
+      tree = {"encoder": tree["encoder"]}
   repl = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), tree)
   restored = ckpt.restore(step, {item: abstract})[item]
@@ -54,8 +62,11 @@ def load_encoder(workdir: str, *, step: int | None = None, which: str = "ema", m
 
   def apply(p, images):
     out = method.encode(p, images)
-    return {"pooled": out["pre_norm"][:, 1:].mean(axis=1), "patch_tokens": out["encoded"][:, 1:],
-            "cls": out["encoded"][:, 0], "pre_norm": out["pre_norm"], "encoded": out["encoded"]}
+    reps = {"pooled": features.select(out, "pooled_pre_norm"), "patch_tokens": out["patches"],
+            "pre_norm": out["pre_norm"], "encoded": out["encoded"]}
+    if "cls" in out:
+      reps["cls"] = out["cls"]
+    return reps
 
   return LoadedEncoder(params=enc_params, apply=apply, config=cfg, method=method, step=step,
                        which=which, image_size=method.eval_image_size,

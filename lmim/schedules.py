@@ -32,3 +32,9 @@ def sim_target(step, *, total_steps: float, start: float, end: float):
   """s_t = end + ½(1 + cos(π t/T))(start − end): the regulariser's target similarity."""
   step = jnp.asarray(step, jnp.float32)
   return end + _cosine(step / total_steps) * (start - end)
+
+
+def linear(step, *, total_steps: float, start: float, end: float):
+  """start + (end − start)·t/T: I-JEPA's EMA momentum (0.996 → 1), data2vec's (constant)."""
+  step = jnp.asarray(step, jnp.float32)
+  return start + (end - start) * jnp.clip(step / total_steps, 0.0, 1.0)

@@ -79,7 +79,8 @@ def build(config, info, devices=None, source=None) -> Setup:
   # Model and optimiser: shapes only (jax.eval_shape), nothing materialised yet.
   ########################################################################################
   tx = optim.make(cfg.optim, peak_lr=cfg.optim.lr, total_steps=cfg.total_steps,
-                  warmup_steps=cfg.warmup_steps)
+                  warmup_steps=cfg.warmup_steps,
+                  decay_rule=getattr(method, "decay_rule", optim.official_decay))
   init_key, step_key = jax.random.split(jax.random.key(cfg.seed))
   repl = sharding.replicated(mesh)
   # Keys live on the mesh from the start, so the loop never moves them (transfer guard).

@@ -63,3 +63,73 @@ def patchify(images, patch_size: int, gap: int = 0, offsets=None):
 def gather_tokens(x, idx):
   """x (B, L, D), idx (B, K) -> (B, K, D)."""
   return jnp.take_along_axis(x, idx[..., None], axis=1)
+
+
+def block_mask(keys, *, grid_size: int, num_mask: int, min_block: int = 16, max_aspect: float = 1 / 0.3,
+               proposals: int = 128):
+  """BEiT's block-wise mask generator on device: (B,) keys -> (B, g·g) bool, True = masked.
+
+  Rectangles of at least `min_block` patches and aspect ratio in [1/max_aspect, max_aspect] are
+  added until `num_mask` patches are masked, each block adding at most the remaining budget; ten
+  rejected proposals in a row end the image early (BEiT's rule), so counts can fall short.
+  Shapes are static: the mask is a boolean grid, not an index list.
+  """
+  g = grid_size
+  rows = jnp.arange(g)[:, None]
+  cols = jnp.arange(g)[None, :]
+  lo, hi = jnp.log(1.0 / max_aspect), jnp.log(max_aspect)
+
+  def one(key):
+    def step(i, carry):
+      mask, count, fails = carry
+      k = jax.random.split(jax.random.fold_in(key, i), 4)
+      remaining = num_mask - count
+      a, b = jnp.minimum(min_block, remaining), jnp.maximum(min_block, remaining)
+      area = jax.random.uniform(k[0], minval=a, maxval=b)
+      aspect = jnp.exp(jax.random.uniform(k[1], minval=lo, maxval=hi))
+      h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+      w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+      top = jax.random.randint(k[2], (), 0, jnp.maximum(g - h + 1, 1))
+      left = jax.random.randint(k[3], (), 0, jnp.maximum(g - w + 1, 1))
+      block = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+      delta = jnp.sum(block & ~mask)
+      live = (count < num_mask) & (fails < 10)
+      ok = live & (h < g) & (w < g) & (delta > 0) & (delta <= remaining)
+      return (jnp.where(ok, mask | block, mask), count + jnp.where(ok, delta, 0),
+              jnp.where(ok, 0, fails + live.astype(jnp.int32)))
+    mask, _, _ = jax.lax.fori_loop(0, proposals, step, (jnp.zeros((g, g), bool), 0, 0))
+    return mask.reshape(-1)
+  return jax.vmap(one)(keys)
+
+
+def block_ids(top, left, h: int, w: int, grid_size: int):
+  """Patch ids of an h×w block at (top, left), in raster order: (h·w,) int32."""
+  r = top + jnp.arange(h)[:, None]
+  c = left + jnp.arange(w)[None, :]
+  return (r * grid_size + c).reshape(-1).astype(jnp.int32)
+
+
+def random_block(key, *, grid_size: int, scale, aspect):
+  """One rectangle of the grid as a (g, g) bool mask: area ~ U(scale)·g², aspect ~ U(aspect)
+  (I-JEPA's `_sample_block_size`: sides rounded, then shrunk until they fit), position uniform."""
+  g = grid_size
+  k = jax.random.split(key, 4)
+  area = jax.random.uniform(k[0], minval=scale[0], maxval=scale[1]) * g * g
+  ar = jax.random.uniform(k[1], minval=aspect[0], maxval=aspect[1])
+  h = jnp.clip(jnp.round(jnp.sqrt(area * ar)).astype(jnp.int32), 1, g - 1 if g > 1 else 1)
+  w = jnp.clip(jnp.round(jnp.sqrt(area / ar)).astype(jnp.int32), 1, g - 1 if g > 1 else 1)
+  top = jax.random.randint(k[2], (), 0, g - h + 1)
+  left = jax.random.randint(k[3], (), 0, g - w + 1)
+  rows, cols = jnp.arange(g)[:, None], jnp.arange(g)[None, :]
+  return (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+
+
+def first_ids(mask, k: int):
+  """(..., L) bool -> the first k True positions in raster order (..., k) and which are real.
+
+  Static-shape stand-in for I-JEPA's truncation of every mask to the batch-minimum length:
+  rows with more than k True entries keep their first k; rows with fewer are padded (valid=False).
+  """
+  order = jnp.argsort(~mask, axis=-1, stable=True)[..., :k].astype(jnp.int32)
+  valid = jnp.take_along_axis(mask, order, axis=-1)
+  return order, valid

@@ -20,12 +20,15 @@ FEATURES = ("pooled_pre_norm", "pooled", "cls")
 
 
 def select(reps: dict, feature: str):
+  prefix = 1 if "cls" in reps else 0  # I-JEPA encoders have no CLS token
   if feature == "pooled_pre_norm":
-    return reps["pre_norm"][:, 1:].mean(axis=1)
+    return reps["pre_norm"][:, prefix:].mean(axis=1)
   if feature == "pooled":
-    return reps["encoded"][:, 1:].mean(axis=1)
+    return reps["patches"].mean(axis=1)
   if feature == "cls":
-    return reps["encoded"][:, 0]
+    if "cls" not in reps:
+      raise ConfigError("feature", feature, "'pooled' or 'pooled_pre_norm': this encoder has no CLS token")
+    return reps["cls"]
   raise ConfigError("feature", feature, f"one of {list(FEATURES)}")
 
 

@@ -13,7 +13,7 @@ import importlib
 
 from lmim.errors import ConfigError
 
-METHODS = ("latent_mim",)
+METHODS = ("latent_mim", "mae", "pcae", "data2vec", "ijepa")
 
 
 def get(name: str):

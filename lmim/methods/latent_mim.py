@@ -1,6 +1,7 @@
-"""Latent MIM (Wei, Gupta & Morgado, ECCV 2024) exactly as the official code computes it.
+"""Latent MIM (Wei, Gupta & Morgado, ECCV 2024) exactly as the official code computes it, plus
+the paper's ablation axes as config switches.
 
-One optimiser step (spec §1, §7):
+One optimiser step (spec §1, §7), default switches:
     θ_T ← m·θ_T + (1−m)·θ_O                     EMA, once per step, before any target forward
     patches   = gap-patchify(images)             (B, L, p·p·C), random offset per cell
     visible, targets = split(argsort(noise))     Lv visible, Lt = L − Lv targets
@@ -8,13 +9,49 @@ One optimiser step (spec §1, §7):
     z_vis  = OnlineEnc(patches[visible])         (B, 1+Lv, D), after the projector
     z_pred = Decoder(z_vis, visible, targets)    (B, Lt, D)
     loss   = PatchDisc(z_pred, z_trg) + c·(Sim(z_pred) − s_t)² + c·(Sim(z_vis) − s_t)²
+
+Ablation axes (rows of the paper's tables):
+    targets.mode      ema | shared_stopgrad (online weights, stop-gradient) | joint (online weights,
+                      gradients flow through the targets) | independent (a separately initialised
+                      target encoder trained jointly, no weight sharing)
+    loss.name         patch_disc | norm_mse (official) | mse | l1 | huber (seed formulas)
+    views.num_vis / views.patch_gap / sim_reg.coeff
+    model.decoder.type cross (+ visual_cues) | self (MAE-style over [visible + mask tokens])
+    model.projector.depth  0 = no projector
 """
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 
 from lmim import losses, schedules, views
 from lmim.errors import ConfigError
-from lmim.models import build_decoder, build_encoder, compute_dtype, encoder_dims
+from lmim.methods.common import ema_update, encode_full_images, init_encoder
+from lmim.models import build_decoder, build_encoder, encoder_dims, validate_model
+
+TARGET_MODES = ("ema", "shared_stopgrad", "joint", "independent")
+
+
+def add_config(c) -> None:
+  """Latent MIM's fields (defaults = the official code's, spec §2)."""
+  c.views = mlc.ConfigDict(dict(
+      patch_gap=4,             # pixels between cells; train images are g·(p+gap) px, eval g·p px
+      num_vis=20,              # visible patches per image (mask ratio 1 − 20/196 ≈ 0.9)
+      mask_target=True,        # the target encoder sees only the targets (False: all patches)
+  ))
+  c.loss = mlc.ConfigDict(dict(
+      name="patch_disc",       # patch_disc | norm_mse (official) | mse | l1 | huber (paper ablation)
+      tau=0.2,                 # PatchDisc temperature
+      huber_delta=1.0,         # δ of the token-level Huber loss
+  ))
+  c.sim_reg = mlc.ConfigDict(dict(
+      coeff=0.1,               # c in c·(Sim − s_t)²; 0 disables (official yaml), 0.1 = README recipe
+      start=0.75, end=0.25,    # s_t follows a cosine from start to end over training
+      group_size=mlc.FieldReference(None, field_type=int),  # examples per Sim mean; None = micro-batch
+  ))
+  c.targets = mlc.ConfigDict(dict(
+      mode="ema",              # ema | shared_stopgrad | joint | independent (paper's collapse table)
+      momentum=0.99,           # EMA momentum m0 at step 0, cosine to 1
+  ))
 
 
 def canonical_loss(name: str) -> str:
@@ -28,24 +65,7 @@ def canonical_loss(name: str) -> str:
 def validate(config) -> None:
   """Method-specific checks; every message names the field, the value and the valid range."""
   m, v = config.model, config.views
-  dims = encoder_dims(m)
-  compute_dtype(m)
-  width, heads = dims["width"], dims["num_heads"]
-  if width % heads:
-    raise ConfigError("model.num_heads", heads, f"must divide the encoder width {width}")
-  if width % 4:
-    raise ConfigError("model.width", width, "must be divisible by 4 (2-D sin-cos position embeddings)")
-  dw, dh = m.decoder.width, m.decoder.num_heads
-  if dw % dh:
-    raise ConfigError("model.decoder.num_heads", dh, f"must divide the decoder width {dw}")
-  if dw % 4:
-    raise ConfigError("model.decoder.width", dw, "must be divisible by 4 (2-D sin-cos position embeddings)")
-  if m.grid_size < 2:
-    raise ConfigError("model.grid_size", m.grid_size, "must be >= 2")
-  if m.projector.depth < 0 or m.projector.depth > 8:
-    raise ConfigError("model.projector.depth", m.projector.depth, "0 (no projector) to 8")
-  if m.decoder.depth < 1:
-    raise ConfigError("model.decoder.depth", m.decoder.depth, "must be >= 1")
+  validate_model(m)
   num_patches = m.grid_size ** 2
   if not 1 <= v.num_vis < num_patches:
     raise ConfigError("views.num_vis", v.num_vis,
@@ -55,12 +75,16 @@ def validate(config) -> None:
   loss = canonical_loss(config.loss.name)
   if loss == "patch_disc" and not config.loss.tau > 0:
     raise ConfigError("loss.tau", config.loss.tau, "must be > 0")
-  if num_patches - v.num_vis < 2 and loss == "patch_disc":
+  if num_patches - v.num_vis < 2 and loss in ("patch_disc",):
     raise ConfigError("views.num_vis", v.num_vis, "PatchDisc needs at least 2 targets per image")
+  if loss == "huber" and not config.loss.huber_delta > 0:
+    raise ConfigError("loss.huber_delta", config.loss.huber_delta, "must be > 0")
   if config.sim_reg.coeff < 0:
     raise ConfigError("sim_reg.coeff", config.sim_reg.coeff, "must be >= 0 (0 disables the regulariser)")
-  if not 0.0 <= config.ema.momentum <= 1.0:
-    raise ConfigError("ema.momentum", config.ema.momentum, "must be in [0, 1]")
+  if config.targets.mode not in TARGET_MODES:
+    raise ConfigError("targets.mode", config.targets.mode, f"one of {list(TARGET_MODES)}")
+  if not 0.0 <= config.targets.momentum <= 1.0:
+    raise ConfigError("targets.momentum", config.targets.momentum, "must be in [0, 1]")
 
 
 class LatentMIM:
@@ -76,6 +100,7 @@ class LatentMIM:
     self.num_vis = c.views.num_vis
     self.num_targets = self.num_patches - self.num_vis
     self.loss_name = canonical_loss(c.loss.name)
+    self.target_mode = c.targets.mode
     self.encoder = build_encoder(c.model)
     self.decoder = build_decoder(c.model)
 
@@ -90,20 +115,23 @@ class LatentMIM:
 
   # Parameters -------------------------------------------------------------------------------
   def init(self, rng):
-    """(params, ema_params): online encoder + decoder, and the target encoder as a copy."""
-    k_enc, k_dec = jax.random.split(rng)
+    """(params, ema_params). With EMA targets, the target starts as an exact copy of the online
+    encoder (spec §7); `independent` gives the target encoder its own initialisation."""
+    k_enc, k_dec, k_trg = jax.random.split(rng, 3)
+    patch_dim = self.patch_size ** 2 * self.channels
+    enc = init_encoder(self.encoder, k_enc, self.num_vis, patch_dim)
     ids = jnp.arange(self.num_vis, dtype=jnp.int32)[None]
     tgt = jnp.arange(self.num_vis, self.num_patches, dtype=jnp.int32)[None]
-    patches = jnp.zeros((1, self.num_vis, self.patch_size ** 2 * self.channels), jnp.float32)
-    enc = self.encoder.init(k_enc, patches, ids)["params"]
     latents = jnp.zeros((1, 1 + self.num_vis, self.width), jnp.float32)
-    dec = self.decoder.init(k_dec, latents, ids, tgt)["params"]
-    # The official target starts as an exact copy of the online encoder (spec §7).
-    return {"encoder": enc, "decoder": dec}, jax.tree.map(jnp.copy, enc)
+    params = {"encoder": enc, "decoder": self.decoder.init(k_dec, latents, ids, tgt)["params"]}
+    if self.target_mode == "independent":
+      params["target_encoder"] = init_encoder(self.encoder, k_trg, self.num_vis, patch_dim)
+    ema = jax.tree.map(jnp.copy, enc) if self.target_mode == "ema" else None
+    return params, ema
 
   # Schedules --------------------------------------------------------------------------------
   def momentum(self, step):
-    return schedules.ema_momentum(step, total_steps=self.config.total_steps, base=self.config.ema.momentum)
+    return schedules.ema_momentum(step, total_steps=self.config.total_steps, base=self.config.targets.momentum)
 
   def sim_target(self, step):
     r = self.config.sim_reg
@@ -114,32 +142,50 @@ class LatentMIM:
     return ema_update(ema_params, params["encoder"], self.momentum(step))
 
   # Forward ----------------------------------------------------------------------------------
+  def target_params(self, params, ema_params):
+    """Which weights produce the targets, and whether gradients may flow through them."""
+    if self.target_mode == "ema":
+      return ema_params, False
+    if self.target_mode == "independent":
+      return params["target_encoder"], True
+    return params["encoder"], self.target_mode == "joint"
+
+  def reconstruction_loss(self, pred, target):
+    name = self.loss_name
+    if name == "patch_disc":
+      return losses.patch_disc(pred, target, self.config.loss.tau)
+    if name == "norm_mse":
+      return losses.norm_mse(pred, target)
+    if name == "huber":
+      return losses.huber(pred, target, self.config.loss.huber_delta)
+    return {"mse": losses.mse, "l1": losses.l1}[name](pred, target)
+
   def forward(self, params, ema_params, images, shuffle, offsets, sim_target):
     """Every intermediate of the official forward (the parity checkpoints of spec §14)."""
     patches = views.patchify(images, self.patch_size, self.gap, offsets)
     vis_idx, mask_idx = shuffle[:, :self.num_vis], shuffle[:, self.num_vis:]
     trg_idx = mask_idx if self.config.views.mask_target else shuffle
-    target_out = self.encoder.apply({"params": ema_params}, views.gather_tokens(patches, trg_idx),
+    trg_params, trg_grad = self.target_params(params, ema_params)
+    target_out = self.encoder.apply({"params": trg_params}, views.gather_tokens(patches, trg_idx),
                                     trg_idx)["projected"]
-    z_trg = jax.lax.stop_gradient(target_out[:, -self.num_targets:])
+    z_trg = target_out[:, -self.num_targets:]
+    if not trg_grad:
+      z_trg = jax.lax.stop_gradient(z_trg)
     z_vis = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, vis_idx),
                                vis_idx)["projected"]
     pred, inter = self.decoder.apply({"params": params["decoder"]}, z_vis, vis_idx, mask_idx,
                                      mutable=["intermediates"])
-    z_pred = pred[:, 1:]
-    if self.loss_name == "patch_disc":
-      loss_main = losses.patch_disc(z_pred, z_trg, self.config.loss.tau)
-    else:
-      loss_main = losses.norm_mse(z_pred, z_trg)
+    z_pred = pred[:, -self.num_targets:]  # cross decoder: CLS first; self decoder: visible first
+    loss_main = self.reconstruction_loss(z_pred, z_trg)
     coeff, group = self.config.sim_reg.coeff, self.config.sim_reg.group_size or images.shape[0]
     loss = loss_main
     if coeff > 0:
       loss = loss + coeff * (losses.sim_regularizer(z_pred, sim_target, group)
                              + losses.sim_regularizer(z_vis[:, 1:], sim_target, group))
+    queries = inter.get("intermediates", {}).get("queries", (None,))[0]
     return dict(patch_pix=patches, vis_idx=vis_idx, mask_idx=mask_idx, trg_idx=trg_idx,
-                target_out=target_out, x_trg=z_trg, x_vis=z_vis,
-                decoder_queries_in=inter["intermediates"]["queries"][0], x_pred=z_pred,
-                loss_main=loss_main, loss_total=loss)
+                target_out=target_out, x_trg=z_trg, x_vis=z_vis, decoder_queries_in=queries,
+                x_pred=z_pred, loss_main=loss_main, loss_total=loss)
 
   def loss(self, params, ema_params, batch, keys, step):
     """Scalar loss and metrics for one micro-batch; views drawn from per-example `keys`."""
@@ -160,14 +206,7 @@ class LatentMIM:
   # Probing ----------------------------------------------------------------------------------
   def encode(self, encoder_params, images):
     """Full images at gap 0 (the evaluation geometry) -> the encoder's named representations."""
-    patches = views.patchify(images, self.patch_size, 0)
-    ids = jnp.broadcast_to(jnp.arange(patches.shape[1], dtype=jnp.int32), patches.shape[:2])
-    return self.encoder.apply({"params": encoder_params}, patches, ids)
-
-
-def ema_update(target, online, momentum):
-  """θ_T·m + θ_O·(1−m), leaf by leaf (the official operation order)."""
-  return jax.tree.map(lambda t, o: t * momentum + o * (1.0 - momentum), target, online)
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
 
 
 def normalized_std(z):

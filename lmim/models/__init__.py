@@ -1,11 +1,13 @@
-"""Networks: the ViT encoder (+ projector), the cross-attention decoder, position embeddings."""
+"""Networks: the ViT encoder (+ projector), the decoders, position embeddings; builders from config."""
 import jax.numpy as jnp
 
 from lmim.errors import ConfigError
-from lmim.models.decoder import CrossDecoder
+from lmim.models.decoder import CrossDecoder, SelfAttentionDecoder
+from lmim.models.posemb import STYLES
 from lmim.models.vit import VARIANTS, Encoder, parse_variant
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DECODER_TYPES = ("cross", "self")
 
 
 def encoder_dims(model_cfg) -> dict:
@@ -15,10 +17,9 @@ def encoder_dims(model_cfg) -> dict:
   except ValueError:
     raise ConfigError("model.variant", model_cfg.variant,
                       f"one of {'/'.join(VARIANTS)}, optionally with a patch size, e.g. 'B/16'") from None
-  dims = dict(width=model_cfg.get("width") or width, depth=model_cfg.get("depth") or depth,
+  return dict(width=model_cfg.get("width") or width, depth=model_cfg.get("depth") or depth,
               num_heads=model_cfg.get("num_heads") or heads,
               patch_size=model_cfg.get("patch_size") or patch or (14 if model_cfg.variant.startswith("H") else 16))
-  return dims
 
 
 def compute_dtype(model_cfg):
@@ -28,18 +29,54 @@ def compute_dtype(model_cfg):
   return DTYPES[name]
 
 
-def build_encoder(model_cfg, projector: bool = True) -> Encoder:
+def _check_width(field: str, width: int, heads: int, heads_field: str, what: str):
+  if heads < 1 or width % heads:
+    raise ConfigError(heads_field, heads, f"must divide the {what} width {width}")
+  if width % 4:
+    raise ConfigError(field, width, "must be divisible by 4 (2-D sin-cos position embeddings)")
+
+
+def validate_model(model_cfg, *, decoder: bool = True, projector: bool = True) -> None:
+  """Checks shared by every method: sizes that cannot build, unknown names."""
   d = encoder_dims(model_cfg)
-  return Encoder(width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
-                 grid_size=model_cfg.grid_size, mlp_ratio=model_cfg.mlp_ratio,
-                 projector_dim=model_cfg.projector.dim,
-                 projector_depth=model_cfg.projector.depth if projector else 0,
-                 freeze_pe=model_cfg.freeze_pe, remat=model_cfg.remat, dtype=compute_dtype(model_cfg))
+  compute_dtype(model_cfg)
+  _check_width("model.width", d["width"], d["num_heads"], "model.num_heads", "encoder")
+  if d["depth"] < 1:
+    raise ConfigError("model.depth", d["depth"], "must be >= 1")
+  if model_cfg.grid_size < 2:
+    raise ConfigError("model.grid_size", model_cfg.grid_size, "must be >= 2")
+  if model_cfg.get("posemb", "lmim") not in STYLES:
+    raise ConfigError("model.posemb", model_cfg.posemb, f"one of {list(STYLES)}")
+  if projector and not 0 <= model_cfg.projector.depth <= 8:
+    raise ConfigError("model.projector.depth", model_cfg.projector.depth, "0 (no projector) to 8")
+  if decoder:
+    dec = model_cfg.decoder
+    if dec.get("type", "cross") not in DECODER_TYPES:
+      raise ConfigError("model.decoder.type", dec.type, f"one of {list(DECODER_TYPES)}")
+    _check_width("model.decoder.width", dec.width, dec.num_heads, "model.decoder.num_heads", "decoder")
+    if dec.depth < 1:
+      raise ConfigError("model.decoder.depth", dec.depth, "must be >= 1")
 
 
-def build_decoder(model_cfg) -> CrossDecoder:
+def build_encoder(model_cfg, projector: bool = True, **overrides) -> Encoder:
+  d = encoder_dims(model_cfg)
+  kw = dict(width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
+            grid_size=model_cfg.grid_size, mlp_ratio=model_cfg.mlp_ratio,
+            projector_dim=model_cfg.projector.dim,
+            projector_depth=model_cfg.projector.depth if projector else 0,
+            freeze_pe=model_cfg.freeze_pe, posemb=model_cfg.get("posemb", "lmim"),
+            remat=model_cfg.remat, dtype=compute_dtype(model_cfg))
+  kw.update(overrides)
+  return Encoder(**kw)
+
+
+def build_decoder(model_cfg, out_dim: int | None = None, **overrides):
+  """The configured decoder type; `out_dim` defaults to the encoder width (latent prediction)."""
   d, dec = encoder_dims(model_cfg), model_cfg.decoder
-  return CrossDecoder(width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=d["width"],
-                      grid_size=model_cfg.grid_size, mlp_ratio=model_cfg.mlp_ratio,
-                      visual_cues=dec.visual_cues, freeze_pe=model_cfg.freeze_pe,
-                      remat=model_cfg.remat, dtype=compute_dtype(model_cfg))
+  kw = dict(width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=out_dim or d["width"],
+            grid_size=model_cfg.grid_size, mlp_ratio=model_cfg.mlp_ratio, freeze_pe=model_cfg.freeze_pe,
+            posemb=model_cfg.get("posemb", "lmim"), remat=model_cfg.remat, dtype=compute_dtype(model_cfg))
+  kw.update(overrides)
+  if dec.get("type", "cross") == "self":
+    return SelfAttentionDecoder(**kw)
+  return CrossDecoder(visual_cues=dec.visual_cues, **kw)

@@ -29,6 +29,7 @@ class CrossDecoder(nn.Module):
   mlp_ratio: float = 4.0
   visual_cues: bool = True
   freeze_pe: bool = True
+  posemb: str = "lmim"
   remat: bool = False
   dtype: Any = jnp.float32
 
@@ -50,7 +51,7 @@ class CrossDecoder(nn.Module):
     cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width))
     mask_token = self.param("mask_token", nn.initializers.zeros, (1, 1, self.width))
     x = layers.dense(self.width, "embed", self.dtype)(latents).astype(jnp.float32)
-    table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe)
+    table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb)
     q = self.queries(x, table, cls_token, mask_token, visible_ids, target_ids)
     self.sow("intermediates", "queries", q)  # parity checkpoint 5 (spec §14)
     memory = x + gather_positions(table, visible_ids, with_cls=True)  # encoder CLS gets PE row 0
@@ -60,3 +61,44 @@ class CrossDecoder(nn.Module):
       q = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(q, memory)
     q = layers.layer_norm("norm")(q)
     return layers.dense(self.out_dim, "head", self.dtype)(q).astype(jnp.float32)
+
+
+class SelfAttentionDecoder(nn.Module):
+  """MAE-style decoder: self-attention over [(CLS), visible latents, mask tokens at the queries].
+
+  All tokens get the decoder's fixed position embedding of their cell (CLS: row 0), so the order
+  of the sequence carries no information; outputs come back as [visible..., queries...] (CLS
+  dropped). With `out_dim` = p·p·C this is MAE's pixel decoder, with `out_dim` = D a latent one
+  (Latent MIM's "self-attention decoder" ablation, PCAE's decoder).
+  """
+  width: int
+  depth: int
+  num_heads: int
+  out_dim: int
+  grid_size: int
+  mlp_ratio: float = 4.0
+  freeze_pe: bool = True
+  posemb: str = "lmim"
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, latents, visible_ids, query_ids, visible_mask=None):
+    """latents (B, [1+]Lv, D) (CLS first when present), visible_ids (B, Lv), query_ids (B, Lq)
+    -> (B, Lv+Lq, out_dim). visible_mask (B, Lv) marks padded visible tokens (ignored as keys)."""
+    b, lq = query_ids.shape
+    has_cls = latents.shape[1] == visible_ids.shape[1] + 1
+    mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.width))
+    x = layers.dense(self.width, "embed", self.dtype)(latents).astype(jnp.float32)
+    table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb)
+    x = x + gather_positions(table, visible_ids, with_cls=has_cls)
+    m = jnp.broadcast_to(mask_token, (b, lq, self.width)) + gather_positions(table, query_ids, with_cls=False)
+    x = jnp.concatenate([x, m], axis=1)
+    key_mask = None
+    if visible_mask is not None:
+      key_mask = jnp.concatenate([jnp.ones((b, int(has_cls)), bool), visible_mask, jnp.ones((b, lq), bool)], 1)
+    block = nn.remat(layers.Block) if self.remat else layers.Block
+    for i in range(self.depth):
+      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, key_mask)
+    x = layers.layer_norm("norm")(x)
+    return layers.dense(self.out_dim, "pred", self.dtype)(x[:, int(has_cls):]).astype(jnp.float32)

@@ -34,10 +34,15 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
-def attention(q, k, v):
-  """softmax(q·kᵀ/√hd)·v for (B, Lq, H, hd) x (B, Lk, H, hd); logits and softmax in float32."""
+def attention(q, k, v, key_mask=None):
+  """softmax(q·kᵀ/√hd)·v for (B, Lq, H, hd) x (B, Lk, H, hd); logits and softmax in float32.
+
+  key_mask (B, Lk) bool, optional: False keys are ignored (padding with static shapes).
+  """
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  if key_mask is not None:
+    logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
@@ -48,10 +53,10 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, key_mask=None):
     b, n, c = x.shape
     qkv = dense(3 * c, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, n, c)
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask).reshape(b, n, c)
     return dense(c, "proj", self.dtype)(out)
 
 
@@ -88,8 +93,8 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
-    x = x + SelfAttention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1")(x))
+  def __call__(self, x, key_mask=None):
+    x = x + SelfAttention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1")(x), key_mask)
     hidden = int(x.shape[-1] * self.mlp_ratio)
     return x + Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2")(x))
 

@@ -1,6 +1,6 @@
-"""Fixed 2-D sin-cos position embeddings with the official Latent MIM coordinates (spec §6.2).
+"""Fixed 2-D sin-cos position embeddings: Latent MIM's table (spec §6.2) and MAE's.
 
-Two details differ from MAE's table and matter for parity with released checkpoints:
+Two details of Latent MIM's table differ from MAE's and matter for parity with released checkpoints:
 - cell (i, j) sits at continuous coordinates (u_i, v_j) = linspace(0, 1, g)·g, not at the
   integers 0..g-1 (the step is g/(g-1));
 - the column (x) coordinate comes first: PE = [sin(vω), cos(vω), sin(uω), cos(uω)].
@@ -8,6 +8,8 @@ Row 0 belongs to CLS and is all zeros.
 
 The table is computed in float32 with the same operation order as torch (including torch's
 two-sided linspace), so it equals the official buffer bit for bit in practice.
+MAE's table (`get_2d_sincos_pos_embed`) uses integer coordinates 0..g-1 and float64 frequencies,
+also with the column coordinate in the first half; `style='mae'` selects it.
 """
 import functools
 
@@ -49,6 +51,25 @@ def _table(width: int, grid_size: int) -> np.ndarray:
   return table
 
 
-def sincos_table(width: int, grid_size: int) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def _mae_table(width: int, grid_size: int) -> np.ndarray:
+  if width % 4:
+    raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {width}")
+  omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4.0))
+  rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64),
+                           indexing="ij")
+  one = lambda pos: np.concatenate([np.sin(pos[:, None] * omega), np.cos(pos[:, None] * omega)], axis=1)
+  table = np.zeros((grid_size * grid_size + 1, width), np.float32)
+  table[1:] = np.concatenate([one(cols.reshape(-1)), one(rows.reshape(-1))], axis=1)
+  table.setflags(write=False)
+  return table
+
+
+STYLES = ("lmim", "mae")
+
+
+def sincos_table(width: int, grid_size: int, style: str = "lmim") -> np.ndarray:
   """(1 + g·g, width) float32 table; row pid+1 embeds patch id pid = row·g + col, row 0 is CLS."""
+  if style == "mae":
+    return _mae_table(int(width), int(grid_size))
   return _table(int(width), int(grid_size))

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lmim.models import layers
@@ -39,9 +40,9 @@ def parse_variant(variant: str) -> tuple[int, int, int, int | None]:
   return width, depth, heads, (int(m.group(2)) if m.group(2) else None)
 
 
-def position_embeddings(module: nn.Module, width: int, grid_size: int, frozen: bool):
+def position_embeddings(module: nn.Module, width: int, grid_size: int, frozen: bool, style: str = "lmim"):
   """The (1+g·g, width) table: a constant, or a parameter initialised to it (freeze_pe=False)."""
-  table = sincos_table(width, grid_size)
+  table = sincos_table(width, grid_size, style)
   if frozen:
     return jnp.asarray(table)
   # The name contains "embed", so the official rule exempts it from weight decay.
@@ -85,8 +86,34 @@ class PatchEmbed(nn.Module):
     return layers.dense(self.width, "proj", self.dtype)(patches)
 
 
+def reduce_tokens(x, ids, keep: int, keys=None):
+  """Progressive token reduction (PCAE, spec methods §3.3): keep the `keep` patch tokens least
+  similar to the mean token (cosine), or a random `keep` when per-example `keys` (B,) are given
+  ("RD" ablation).
+
+  x (B, n, D) patch tokens, ids (B, n) their patch ids -> (B, keep, D), (B, keep). The ranking is
+  a non-differentiable choice; the kept tokens carry gradients as usual.
+  """
+  xn = jax.lax.stop_gradient(x)
+  xn = xn / jnp.maximum(jnp.linalg.norm(xn, axis=-1, keepdims=True), 1e-12)
+  if keys is None:
+    score = -jnp.einsum("bnd,bd->bn", xn, xn.mean(axis=1))      # higher = more distinctive
+  else:
+    score = jax.vmap(lambda k: jax.random.uniform(k, ids.shape[1:]))(keys)
+  _, order = jax.lax.top_k(score, keep)
+  return jnp.take_along_axis(x, order[..., None], axis=1), jnp.take_along_axis(ids, order, axis=1)
+
+
 class Encoder(nn.Module):
-  """Pre-LN ViT + final LN + projector, on a subset of patches given by their grid ids."""
+  """Pre-LN ViT + final LN + projector, on a subset of patches given by their grid ids.
+
+  Options used by the other methods (defaults give Latent MIM's encoder):
+    use_cls          False for I-JEPA (no CLS token anywhere)
+    use_mask_token   a learned token that replaces the patches flagged in `token_mask` (data2vec)
+    __call__ flags   add_positions=False (CMAE's position-prediction pass), key_mask (padding),
+                     reduce=((block, keep), ...) progressive token reduction after those blocks
+                     (PCAE; per-example `reduce_key` (B,) keys for random drop)
+  """
   width: int
   depth: int
   num_heads: int
@@ -95,25 +122,55 @@ class Encoder(nn.Module):
   projector_dim: int = 4096
   projector_depth: int = 3
   freeze_pe: bool = True
+  posemb: str = "lmim"      # 'lmim' (official Latent MIM coordinates) or 'mae'
+  use_cls: bool = True
+  use_mask_token: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, patches, patch_ids):
-    """patches (B, L, p·p·C), patch_ids (B, L) int -> dict of (B, 1+L, D) representations."""
-    x = PatchEmbed(self.width, self.dtype, name="embed")(patches)
+  def __call__(self, patches, patch_ids, *, token_mask=None, key_mask=None, add_positions=True,
+               reduce=(), reduce_key=None):
+    """patches (B, L, p·p·C), patch_ids (B, L) int -> dict of representations:
+    pre_norm / encoded / projected (B, P+L', D) with P = 1 if CLS; patches (B, L', D) = encoded
+    patch tokens; cls (B, D) if CLS; blocks = every block's output; ids (B, L') the patch ids of
+    the tokens that survive `reduce` (L' = L without reduction)."""
+    x = PatchEmbed(self.width, self.dtype, name="embed")(patches).astype(jnp.float32)
     b = x.shape[0]
-    cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width), jnp.float32)
-    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], axis=1)
-    table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe)
-    x = x.astype(jnp.float32) + gather_positions(table, patch_ids, with_cls=True)
+    if self.use_mask_token:
+      mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.width))
+      if token_mask is not None:  # BEiT-style: masked patches become the mask token, PE added after
+        x = jnp.where(token_mask[..., None], mask_token.astype(x.dtype), x)
+    if add_positions:
+      table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb)
+      x = x + gather_positions(table, patch_ids, with_cls=False)
+    prefix = 0
+    if self.use_cls:
+      cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width), jnp.float32)
+      # CLS gets position row 0, which is zero in every table (spec §6.1): nothing to add.
+      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)
+      prefix = 1
+      if key_mask is not None:
+        key_mask = jnp.pad(key_mask, ((0, 0), (1, 0)), constant_values=True)
 
+    if reduce and key_mask is not None:
+      raise ValueError("token reduction with padded (key-masked) tokens is not supported")
+    ids, schedule = patch_ids, dict(reduce)
     block = nn.remat(layers.Block) if self.remat else layers.Block
+    blocks = []
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x)
-    out = {"pre_norm": x}
+      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, key_mask)
+      if i in schedule:
+        rk = None if reduce_key is None else jax.vmap(jax.random.fold_in, (0, None))(reduce_key, i)
+        kept, ids = reduce_tokens(x[:, prefix:], ids, schedule[i], rk)
+        x = jnp.concatenate([x[:, :prefix], kept], axis=1)
+      blocks.append(x)
+    out = {"pre_norm": x, "blocks": blocks, "ids": ids}
     x = layers.layer_norm("norm")(x)
     out["encoded"] = x
+    out["patches"] = x[:, prefix:]
+    if self.use_cls:
+      out["cls"] = x[:, 0]
     if self.projector_depth > 0:
       x = Projector(self.projector_dim, self.projector_depth, self.dtype, name="head")(x)
     out["projected"] = x.astype(jnp.float32)

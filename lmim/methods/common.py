@@ -1,0 +1,31 @@
+"""Pieces several methods share: EMA updates, full-image encoding for probes, init helpers."""
+import jax
+import jax.numpy as jnp
+
+from lmim import views
+
+
+def ema_update(target, online, momentum):
+  """θ_T·m + θ_O·(1−m), leaf by leaf (the official Latent MIM operation order)."""
+  return jax.tree.map(lambda t, o: t * momentum + o * (1.0 - momentum), target, online)
+
+
+def encode_full_images(encoder, params, images, patch_size: int):
+  """Full images at gap 0, every patch in grid order -> the encoder's named representations.
+
+  This is the evaluation geometry of every method (the official NN evaluation uses it).
+  """
+  patches = views.patchify(images, patch_size, 0)
+  ids = jnp.broadcast_to(jnp.arange(patches.shape[1], dtype=jnp.int32), patches.shape[:2])
+  return encoder.apply({"params": params}, patches, ids)
+
+
+def init_encoder(encoder, key, num_tokens: int, patch_dim: int):
+  """Encoder parameters from a dummy input of `num_tokens` patches of `patch_dim` values."""
+  ids = jnp.arange(num_tokens, dtype=jnp.int32)[None]
+  return encoder.init(key, jnp.zeros((1, num_tokens, patch_dim), jnp.float32), ids)["params"]
+
+
+def split_by_ids(shuffle, num_first: int):
+  """A permutation (B, L) -> (first `num_first` ids, the rest), both in permutation order."""
+  return shuffle[:, :num_first], shuffle[:, num_first:]

@@ -1,0 +1,110 @@
+"""MAE (He et al., CVPR 2022): the pixel baseline of every table in the Latent MIM paper.
+
+Exactly as facebookresearch/mae `models_mae.py` computes it:
+    shuffle = argsort(noise), ids_restore = argsort(shuffle); keep the first ⌊L·(1−ratio)⌋
+    latent  = Encoder(patches[keep])                  CLS + kept tokens, after the final LayerNorm
+    pred    = Decoder([latent, mask tokens], grid order)   8×512 self-attention, MAE's sin-cos table
+    loss    = mean over removed patches of MSE(pred, standardised pixels)   (norm_pix_loss)
+Weight decay follows MAE (timm's add_weight_decay): every parameter except 1-D ones and biases,
+so the CLS and mask tokens and both embeddings decay (unlike Latent MIM's rule).
+The encoder is lmim's ViT with MAE's position table, so every probe reads it like Latent MIM's.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+
+from lmim import losses, views
+from lmim.errors import ConfigError
+from lmim.methods.common import encode_full_images, init_encoder
+from lmim.models import build_encoder, compute_dtype, encoder_dims, validate_model
+from lmim.models.decoder import SelfAttentionDecoder
+
+
+def add_config(c) -> None:
+  """MAE's own fields, and its defaults for the shared ones (official pretraining recipe)."""
+  c.mae = mlc.ConfigDict(dict(mask_ratio=0.75, norm_pix_loss=True))
+  c.model.posemb = "mae"
+  c.model.projector.depth = 0
+  c.model.decoder.update(dict(type="self", width=512, depth=8, num_heads=16))
+  c.optim.min_lr_frac = 0.0   # MAE: warmup from 0, cosine to 0
+
+
+def mae_decay(name: str, ndim: int) -> bool:
+  """MAE's rule: no decay for 1-D parameters and biases; everything else decays."""
+  return ndim > 1 and not name.endswith("bias")
+
+
+def validate(config) -> None:
+  validate_model(config.model, projector=False)
+  ratio = config.mae.mask_ratio
+  num_patches = config.model.grid_size ** 2
+  keep = int(num_patches * (1 - ratio))
+  if not 0 < ratio < 1 or keep < 1 or keep >= num_patches:
+    raise ConfigError("mae.mask_ratio", ratio, f"must keep between 1 and {num_patches - 1} of the "
+                      f"{num_patches} patches, i.e. lie in (0, 1) with ⌊L·(1−ratio)⌋ ≥ 1")
+  if config.model.decoder.get("type", "self") != "self":
+    raise ConfigError("model.decoder.type", config.model.decoder.type, "'self' (MAE's decoder)")
+
+
+class MAE:
+  decay_rule = staticmethod(mae_decay)
+
+  def __init__(self, config, channels: int):
+    c = self.config = config
+    self.channels = channels
+    d = encoder_dims(c.model)
+    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], c.model.grid_size
+    self.num_patches = self.grid_size ** 2
+    self.len_keep = int(self.num_patches * (1 - c.mae.mask_ratio))
+    self.encoder = build_encoder(c.model, projector=False)
+    dec = c.model.decoder
+    self.decoder = SelfAttentionDecoder(
+        width=dec.width, depth=dec.depth, num_heads=dec.num_heads,
+        out_dim=self.patch_size ** 2 * channels, grid_size=self.grid_size, mlp_ratio=c.model.mlp_ratio,
+        freeze_pe=c.model.freeze_pe, posemb=c.model.posemb, remat=c.model.remat,
+        dtype=compute_dtype(c.model))
+
+  @property
+  def train_image_size(self) -> int:
+    return self.grid_size * self.patch_size
+
+  eval_image_size = train_image_size
+
+  def init(self, rng):
+    k_enc, k_dec = jax.random.split(rng)
+    enc = init_encoder(self.encoder, k_enc, self.len_keep, self.patch_size ** 2 * self.channels)
+    keep = jnp.arange(self.len_keep, dtype=jnp.int32)[None]
+    rest = jnp.arange(self.len_keep, self.num_patches, dtype=jnp.int32)[None]
+    latent = jnp.zeros((1, 1 + self.len_keep, self.width), jnp.float32)
+    return {"encoder": enc, "decoder": self.decoder.init(k_dec, latent, keep, rest)["params"]}, None
+
+  def update_targets(self, ema_params, params, step):
+    return ema_params  # no target network
+
+  def forward(self, params, images, shuffle):
+    """All of MAE's intermediates for a given per-image shuffle (argsort of the noise)."""
+    patches = views.patchify(images, self.patch_size, 0)                # (B, L, p·p·C)
+    ids_restore = jnp.argsort(shuffle, axis=1)
+    keep, removed = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
+    latent = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, keep),
+                                keep)["encoded"]
+    out = self.decoder.apply({"params": params["decoder"]}, latent, keep, removed)  # [kept, removed]
+    pred = views.gather_tokens(out, ids_restore)                        # back to grid order
+    mask = (ids_restore >= self.len_keep).astype(jnp.float32)           # 1 = removed
+    loss = losses.norm_pix_mse(pred, patches, mask, self.config.mae.norm_pix_loss)
+    return dict(latent=latent, mask=mask, ids_restore=ids_restore, pred=pred, target_patches=patches,
+                loss=loss)
+
+  def loss(self, params, ema_params, batch, keys, step):
+    shuffle = (jnp.argsort(batch["noise"], axis=1) if "noise" in batch
+               else views.draw_shuffle(keys, self.num_patches))
+    out = self.forward(params, batch["image"], shuffle)
+    return out["loss"], {"loss": out["loss"]}
+
+  def encode(self, encoder_params, images):
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
+
+
+def build(config, channels: int) -> MAE:
+  validate(config)
+  return MAE(config, channels)

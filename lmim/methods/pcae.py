@@ -1,0 +1,148 @@
+"""PCAE (Li et al., ICLR 2023): Progressively Compressed Auto-Encoder (spec methods §3).
+
+One random mask per image (MAE's argsort of noise, ratio 0.75):
+    student:  Encoder(patches[visible])                    CLS + 49 visible tokens (ViT-B/16)
+    teacher:  EMA encoder on the 147 *masked* patches, no CLS, with progressive token reduction:
+              after each drop layer keep the tokens least similar to the mean token
+              (147 → 73 → 36 → 18), then the final LayerNorm and a parameter-free standardisation
+    decoder:  self-attention over [CLS, visible, mask tokens at the 18 retained positions]
+    loss:     1 − cos(prediction, target) at the retained positions
+The teacher's compute shrinks stage by stage and the decoder reconstructs only ~10% of the image,
+which is PCAE's saving over MAE (visible in `python -m lmim.benchmark` FLOPs). `random_drop`
+replaces the similarity ranking by a random choice (the paper's "RD" ablation).
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from lmim import losses, schedules, views
+from lmim.errors import ConfigError
+from lmim.methods.common import ema_update, encode_full_images, init_encoder
+from lmim.models import build_encoder, compute_dtype, encoder_dims, validate_model
+from lmim.models.decoder import SelfAttentionDecoder
+
+DROP_CASES = (0, 1, 2, 3)
+
+
+def add_config(c) -> None:
+  c.pcae = mlc.ConfigDict(dict(
+      mask_ratio=0.75,
+      drop_case=0,           # 0: start of each stage, 1: end, 2: evenly spread, 3: first layers
+      num_stages=3,          # reductions in the teacher
+      keep_ratio=0.5,        # fraction of tokens kept at each reduction
+      random_drop=False,     # "RD": random instead of similarity ranking
+      momentum=0.9999,       # teacher EMA momentum, cosine to 1, updated every step
+  ))
+  c.model.posemb = "mae"
+  c.model.projector.depth = 0
+  c.model.decoder.update(dict(type="self", width=512, depth=8, num_heads=16))
+  c.optim.min_lr_frac = 0.0
+
+
+def drop_layers(depth: int, stages: int, case: int) -> list[int]:
+  """The teacher blocks after which tokens are dropped (0-indexed), per PCAE's drop cases."""
+  if case == 0:
+    return [depth // stages * i for i in range(stages)]
+  if case == 1:
+    return [depth // stages * (i + 1) - 1 for i in range(stages)]
+  if case == 2:
+    return [int(x) for x in np.linspace(0, depth - 1, stages)]
+  return list(range(stages))
+
+
+def stage_counts(num_masked: int, stages: int, keep_ratio: float) -> list[int]:
+  """Token counts entering the teacher and after each reduction: [147, 73, 36, 18] by default."""
+  counts = [num_masked]
+  for _ in range(stages):
+    counts.append(int(counts[-1] * keep_ratio))
+  return counts
+
+
+def validate(config) -> None:
+  validate_model(config.model, projector=False)
+  p, num_patches = config.pcae, config.model.grid_size ** 2
+  keep = int(num_patches * (1 - p.mask_ratio))
+  if not 0 < p.mask_ratio < 1 or keep < 1 or keep >= num_patches:
+    raise ConfigError("pcae.mask_ratio", p.mask_ratio, f"must keep between 1 and {num_patches - 1} patches")
+  if p.drop_case not in DROP_CASES:
+    raise ConfigError("pcae.drop_case", p.drop_case, f"one of {list(DROP_CASES)}")
+  depth = encoder_dims(config.model)["depth"]
+  if not 1 <= p.num_stages <= depth:
+    raise ConfigError("pcae.num_stages", p.num_stages, f"must be in [1, {depth}] (encoder depth)")
+  counts = stage_counts(num_patches - keep, p.num_stages, p.keep_ratio)
+  if not 0 < p.keep_ratio <= 1 or counts[-1] < 1:
+    raise ConfigError("pcae.keep_ratio", p.keep_ratio,
+                      f"keeps {counts} tokens per stage; every stage must keep at least 1 (raise "
+                      "keep_ratio or lower num_stages/mask_ratio)")
+  if len(set(drop_layers(depth, p.num_stages, p.drop_case))) != p.num_stages:
+    raise ConfigError("pcae.num_stages", p.num_stages, f"drop case {p.drop_case} needs distinct layers")
+  if not 0 <= p.momentum <= 1:
+    raise ConfigError("pcae.momentum", p.momentum, "must be in [0, 1]")
+
+
+class PCAE:
+  def __init__(self, config, channels: int):
+    c = self.config = config
+    self.channels = channels
+    d = encoder_dims(c.model)
+    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], c.model.grid_size
+    self.num_patches = self.grid_size ** 2
+    self.len_keep = int(self.num_patches * (1 - c.pcae.mask_ratio))
+    self.counts = stage_counts(self.num_patches - self.len_keep, c.pcae.num_stages, c.pcae.keep_ratio)
+    layers = drop_layers(d["depth"], c.pcae.num_stages, c.pcae.drop_case)
+    self.reduce = tuple(zip(layers, self.counts[1:]))
+    self.encoder = build_encoder(c.model, projector=False)
+    dec = c.model.decoder
+    self.decoder = SelfAttentionDecoder(
+        width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=self.width,
+        grid_size=self.grid_size, mlp_ratio=c.model.mlp_ratio, freeze_pe=c.model.freeze_pe,
+        posemb=c.model.posemb, remat=c.model.remat, dtype=compute_dtype(c.model))
+
+  @property
+  def train_image_size(self) -> int:
+    return self.grid_size * self.patch_size
+
+  eval_image_size = train_image_size
+
+  def init(self, rng):
+    k_enc, k_dec = jax.random.split(rng)
+    enc = init_encoder(self.encoder, k_enc, self.len_keep, self.patch_size ** 2 * self.channels)
+    vis = jnp.arange(self.len_keep, dtype=jnp.int32)[None]
+    qry = jnp.arange(self.len_keep, self.len_keep + self.counts[-1], dtype=jnp.int32)[None]
+    latent = jnp.zeros((1, 1 + self.len_keep, self.width), jnp.float32)
+    dec = self.decoder.init(k_dec, latent, vis, qry)["params"]
+    return {"encoder": enc, "decoder": dec}, jax.tree.map(jnp.copy, enc)
+
+  def momentum(self, step):
+    return schedules.ema_momentum(step, total_steps=self.config.total_steps, base=self.config.pcae.momentum)
+
+  def update_targets(self, ema_params, params, step):
+    return ema_update(ema_params, params["encoder"], self.momentum(step))
+
+  def forward(self, params, ema_params, images, shuffle, drop_key=None):
+    patches = views.patchify(images, self.patch_size, 0)
+    visible, masked = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
+    teacher = self.encoder.apply({"params": ema_params}, views.gather_tokens(patches, masked), masked,
+                                 reduce=self.reduce, reduce_key=drop_key)
+    retained = teacher["ids"]                                               # (B, counts[-1])
+    target = jax.lax.stop_gradient(losses.layer_norm_no_params(teacher["patches"]))
+    latent = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, visible),
+                                visible)["encoded"]
+    pred = self.decoder.apply({"params": params["decoder"]}, latent, visible, retained)[:, self.len_keep:]
+    return dict(loss=losses.cosine_distance(pred, target), retained=retained, pred=pred, target=target)
+
+  def loss(self, params, ema_params, batch, keys, step):
+    shuffle = views.draw_shuffle(keys, self.num_patches)
+    drop_key = jax.vmap(jax.random.fold_in, (0, None))(keys, 1) if self.config.pcae.random_drop else None
+    out = self.forward(params, ema_params, batch["image"], shuffle, drop_key)
+    return out["loss"], {"loss": out["loss"], "sim_pred": losses.pairwise_sim(out["pred"]),
+                         "sim_trg": losses.pairwise_sim(out["target"])}
+
+  def encode(self, encoder_params, images):
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
+
+
+def build(config, channels: int) -> PCAE:
+  validate(config)
+  return PCAE(config, channels)
