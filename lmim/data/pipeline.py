@@ -1,19 +1,26 @@
 """Input pipelines on grain, addressed by a global example index.
 
 Training stream: global example e = 0, 1, 2, ... reads source[perm_epoch[e mod N]] with
-epoch = e // N (grain reshuffles every epoch from the seed) and augments it with an RNG seeded by
-(seed, e). Optimiser step s consumes e ∈ [s·B, (s+1)·B); its micro-batch j holds rows
-e = s·B + j·m + r (m = B / accum_steps), and process p of P loads rows r ∈ [p·m/P, (p+1)·m/P).
+epoch = e // N, where perm_epoch is a permutation of range(N) that depends only on (seed, epoch)
+(grain's `shuffle(seed).repeat()` reshuffles every epoch), and is augmented with a generator that
+depends only on (seed, e) (grain's `random_map` seeds a Philox counter with the element index).
+Optimiser step s consumes e in [s·B, (s+1)·B); its micro-batch j holds rows e = s·B + j·m + r
+(m = B / accum_steps), and process p of P loads rows r in [p·m/P, (p+1)·m/P).
 
-So the whole run is a pure function of (seed, e): resuming needs only the step (data position =
-s·B), and changing the number of processes or the accumulation split changes who loads an
-example, never which example or which augmentation it gets.
+So the whole run's data is a pure function of (seed, e): resuming needs only the step (the data
+position is s·B, nothing else is state to checkpoint), and changing the number of processes or the
+accumulation split changes who loads an example, never which example or which view of it.
 
-Evaluation stream: the split in order, each process a contiguous share, padded at the end so
-every process runs the same number of batches; padded rows carry mask=False.
+Evaluation stream: the split in order, each process a contiguous share, padded at the end so every
+process runs the same number of batches; padded rows carry mask=False.
+
+Loading runs in grain's read threads (PIL decodes and resizes outside the GIL) with a prefetch
+buffer, so it overlaps the device step.
 """
-import functools
+import dataclasses
 import math
+import sys
+from typing import Iterator
 
 import grain
 import numpy as np
@@ -22,64 +29,195 @@ from lmim.data import transforms
 from lmim.errors import ConfigError
 
 
-def _train_example(item, rng, *, size, mean, std, min_crop):
-  index, ex = item
-  return {"image": transforms.train_transform(ex["image"], rng, size=size, mean=mean, std=std,
-                                              min_crop=min_crop),
-          "index": np.int64(index)}
+###################################################################################################
+# The training stream: random access by global example index.
+###################################################################################################
 
 
-def train_batches(source, info, *, image_size: int, global_batch: int, accum_steps: int = 1,
-                  start_step: int = 0, seed: int = 0, min_crop: float = 0.2, process_index: int = 0,
-                  process_count: int = 1, num_threads: int = 8, prefetch: int = 4):
-  """Infinite iterator of process-local {'image': (accum, m/P, S, S, C), 'index': (accum, m/P)}."""
-  if global_batch % (accum_steps * process_count):
-    raise ConfigError("batch_size", global_batch,
-                      f"must be divisible by accum_steps × processes = {accum_steps * process_count}")
-  micro = global_batch // accum_steps
-  local = micro // process_count
-  stream = (grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-            .map_with_index(lambda e, ex: (e, ex))
-            .random_map(functools.partial(_train_example, size=image_size, mean=info.mean,
-                                          std=info.std, min_crop=min_crop), seed=seed))
+def derived_seed(seed: int, purpose: int) -> int:
+  """A 32-bit seed for one use (0: shuffle, 1: augmentation) of the run's seed.
 
-  def global_index(k: int) -> int:
-    """k-th example this process loads -> its global example index."""
-    step, rest = divmod(k, accum_steps * local)
-    j, r = divmod(rest, local)
-    return step * global_batch + j * micro + process_index * local + r
+  grain reseeds its shuffle with (seed + epoch) % 2**32 each epoch, so using adjacent run seeds
+  directly would make seed 1's epoch 1 the same permutation as seed 2's epoch 0; hashing the run
+  seed first makes such overlaps practically impossible.
+  """
+  return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
 
-  per_step = accum_steps * local
-  ds = (grain.MapDataset.range(start_step * per_step, 1 << 62).map(lambda k: stream[global_index(k)])
-        .batch(local).batch(accum_steps))
-  read = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch) * per_step)
-  return iter(ds.to_iter_dataset(read))
+
+def _with_index(index, example):
+  return index, example
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainView:
+  """(global index e, example), rng -> {'image': float32 (S, S, C), 'index': int64 e}."""
+  size: int
+  mean: tuple
+  std: tuple
+  min_crop: float
+
+  def __call__(self, item, rng: np.random.Generator) -> dict:
+    index, example = item
+    image = transforms.train_transform(example["image"], rng, size=self.size, mean=self.mean,
+                                       std=self.std, min_crop=self.min_crop)
+    return {"image": image, "index": np.int64(index)}
+
+
+def example_stream(source, info, *, image_size: int, seed: int, min_crop: float = 0.2) -> grain.MapDataset:
+  """The infinite training stream as a random-access dataset: stream[e] is global example e."""
+  return (grain.MapDataset.source(source)
+          .shuffle(seed=derived_seed(seed, 0))   # stream[e] reads perm_{e // N}[e % N] ...
+          .repeat()                              # ... with a new permutation every epoch
+          .map_with_index(_with_index)
+          .random_map(_TrainView(image_size, tuple(info.mean), tuple(info.std), min_crop),
+                      seed=derived_seed(seed, 1)))  # Philox(seed) at counter e: depends on (seed, e)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Which global example the k-th example loaded by one process is."""
+  global_batch: int
+  accum_steps: int
+  process_index: int
+  process_count: int
+
+  @property
+  def micro(self) -> int:   # rows of one micro-batch, all processes
+    return self.global_batch // self.accum_steps
+
+  @property
+  def local(self) -> int:   # rows of one micro-batch on this process
+    return self.micro // self.process_count
+
+  @property
+  def per_step(self) -> int:  # examples this process loads per optimiser step
+    return self.accum_steps * self.local
+
+  def global_index(self, k: int) -> int:
+    step, rest = divmod(k, self.per_step)
+    j, r = divmod(rest, self.local)
+    return step * self.global_batch + j * self.micro + self.process_index * self.local + r
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gather:
+  """k -> stream[global_index(k)]: this process's examples, in the order it batches them."""
+  stream: grain.MapDataset
+  layout: Layout
+
+  def __call__(self, k: int) -> dict:
+    return self.stream[self.layout.global_index(k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitMicro:
+  """(accum·m/P, ...) -> (accum, m/P, ...): one optimiser step's micro-batches."""
+  accum_steps: int
+
+  def __call__(self, batch: dict) -> dict:
+    return {k: v.reshape(self.accum_steps, -1, *v.shape[1:]) for k, v in batch.items()}
+
+
+def _check_train_args(source, *, image_size, global_batch, accum_steps, start_step, seed, min_crop,
+                      process_index, process_count, num_threads, prefetch):
+  if not (isinstance(accum_steps, int) and accum_steps >= 1):
+    raise ConfigError("accum_steps", accum_steps, "an integer >= 1")
+  if not isinstance(global_batch, int) or global_batch < 1 or global_batch % (accum_steps * process_count):
+    raise ConfigError("batch_size", global_batch, f"a positive multiple of accum_steps × processes "
+                      f"= {accum_steps} × {process_count} = {accum_steps * process_count}")
+  if not (isinstance(seed, (int, np.integer)) and seed >= 0):
+    raise ConfigError("seed", seed, "an integer >= 0")
+  if not 0 < min_crop <= 1:
+    raise ConfigError("input.min_crop", min_crop, "a fraction of the image area in (0, 1]")
+  if num_threads < 0:
+    raise ConfigError("input.num_threads", num_threads, "an integer >= 0 (0 loads in the calling thread)")
+  if prefetch < 0:
+    raise ConfigError("input.prefetch", prefetch, "an integer >= 0 (steps loaded ahead)")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
+  if image_size < 1 or start_step < 0 or len(source) == 0:
+    raise ValueError(f"need image_size >= 1, start_step >= 0 and a non-empty source "
+                     f"(got {image_size}, {start_step}, {len(source)} examples)")
+
+
+def train_batches(source, info, *, image_size: int, global_batch: int, accum_steps: int,
+                  start_step: int, seed: int, min_crop: float = 0.2, process_index: int = 0,
+                  process_count: int = 1, num_threads: int = 8, prefetch: int = 4) -> Iterator[dict]:
+  """Infinite iterator of this process's share of each optimiser step, from `start_step` on.
+
+  Yields {'image': float32 (accum_steps, m/P, S, S, C) normalised, 'index': int64 (accum_steps, m/P)
+  global example indices}, m = global_batch / accum_steps. `num_threads` grain read threads load
+  examples; `prefetch` steps' worth of examples are kept in flight ahead of the consumer.
+  """
+  _check_train_args(source, image_size=image_size, global_batch=global_batch, accum_steps=accum_steps,
+                    start_step=start_step, seed=seed, min_crop=min_crop, process_index=process_index,
+                    process_count=process_count, num_threads=num_threads, prefetch=prefetch)
+  layout = Layout(global_batch, accum_steps, process_index, process_count)
+  stream = example_stream(source, info, image_size=image_size, seed=int(seed), min_crop=min_crop)
+  rows = grain.MapDataset.range(start_step * layout.per_step, sys.maxsize).map(_Gather(stream, layout))
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch * layout.per_step)
+  return iter(rows.to_iter_dataset(read).batch(layout.per_step).map(_SplitMicro(accum_steps)))
+
+
+###################################################################################################
+# The evaluation stream: the split in order, padded.
+###################################################################################################
+
+
+def _check_eval_batch(batch_size: int, process_count: int):
+  if not isinstance(batch_size, int) or batch_size < 1 or batch_size % process_count:
+    raise ConfigError("evals.<name>.batch_size", batch_size,
+                      f"a positive multiple of the process count {process_count}")
 
 
 def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
-  per_process = math.ceil(num_examples / process_count)
-  return max(1, math.ceil(per_process / (batch_size // process_count)))
+  """Batches every process runs to cover `num_examples` once (the last ones padded)."""
+  _check_eval_batch(batch_size, process_count)
+  return math.ceil(num_examples / batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalRow:
+  """Row k of one process's share -> the eval view of example start + k, or a masked pad row."""
+  source: object
+  start: int
+  size: int
+  mean: tuple
+  std: tuple
+  channels: int
+  resize: str
+
+  def __call__(self, k: int) -> dict:
+    e = self.start + k
+    if e < len(self.source):
+      ex = self.source[e]
+      image = transforms.eval_transform(ex["image"], size=self.size, mean=self.mean, std=self.std,
+                                        resize=self.resize)
+      return {"image": image, "label": np.int32(ex["label"]), "mask": np.bool_(True), "index": np.int64(e)}
+    return {"image": np.zeros((self.size, self.size, self.channels), np.float32),
+            "label": np.int32(-1), "mask": np.bool_(False), "index": np.int64(-1)}
 
 
 def eval_batches(source, info, *, image_size: int, batch_size: int, process_index: int = 0,
-                 process_count: int = 1, num_threads: int = 8):
-  """Process-local {'image', 'label', 'mask', 'index'} batches of batch_size/P over the split."""
-  if batch_size % process_count:
-    raise ConfigError("batch_size", batch_size, f"must be divisible by the process count {process_count}")
-  n, local = len(source), batch_size // process_count
-  steps = num_eval_batches(n, batch_size, process_count)
-  share = steps * local                       # rows per process, padding included
-  start = process_index * share
+                 process_count: int = 1, resize: str = "center_crop", num_threads: int = 8,
+                 prefetch: int = 2) -> Iterator[dict]:
+  """This process's batches of batch_size/P rows over the split, in order.
 
-  def load(k: int):
-    e = start + k
-    if e < n:
-      ex = source[e]
-      return {"image": transforms.eval_transform(ex["image"], size=image_size, mean=info.mean, std=info.std),
-              "label": np.int32(ex["label"]), "mask": np.bool_(True), "index": np.int64(e)}
-    return {"image": np.zeros((image_size, image_size, info.channels), np.float32),
-            "label": np.int32(-1), "mask": np.bool_(False), "index": np.int64(-1)}
+  Views: `resize='center_crop'` is the evaluation view (transforms.eval_resize_center_crop);
+  `'full'` squashes the whole image to S×S, so positions in the batch map to the whole image.
 
-  ds = grain.MapDataset.range(share).map(load).batch(local)
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, num_threads),
-                                                   prefetch_buffer_size=2 * local)))
+  Process p holds examples [p·R, (p+1)·R) with R = num_eval_batches · batch_size/P; rows past the
+  end are padding. Yields {'image': float32 (b, S, S, C), 'label': int32 (b,) (-1 on padding),
+  'mask': bool (b,) False on padding, 'index': int64 (b,) (-1 on padding)}.
+  """
+  _check_eval_batch(batch_size, process_count)
+  if resize not in transforms.EVAL_RESIZES:
+    raise ValueError(f"resize={resize!r} is not one of {sorted(transforms.EVAL_RESIZES)}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
+  local = batch_size // process_count
+  share = num_eval_batches(len(source), batch_size, process_count) * local
+  row = _EvalRow(source, process_index * share, image_size, tuple(info.mean), tuple(info.std),
+                 info.channels, resize)
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch * local)
+  return iter(grain.MapDataset.range(share).map(row).to_iter_dataset(read).batch(local))

@@ -1,17 +1,22 @@
-"""Random-access image sources and their statistics.
+"""Random-access image sources and the statistics used to normalise them.
 
 `open_source(data, split, data_dir)` understands three kinds of `data`:
   'mnist5k'        the embedded default (lmim.data.embedded), prepared on first use
-  'folder:<root>'  a local image folder, one subfolder per class; `<root>/<split>/` if it exists,
-                   otherwise `<root>` itself is the `train` split
-  any other name   a prepared TFDS dataset in array_record format, read with tfds.data_source
-Splits accept TFDS slicing (`train[:90%]`, `test[100:200]`) for all three.
-A source supports len() and source[i] -> {'image': uint8 (H, W, C), 'label': int}.
+  'folder:<root>'  a local image folder, one subfolder per class (see `open_folder`)
+  any other name   a prepared TFDS dataset in array_record format, read with `tfds.data_source`
+                   (no TensorFlow needed; tfrecord-only datasets must be rebuilt)
+Splits accept TFDS's split syntax for all three (`train[:90%]`, `test[100:200]`, `train+test`).
+
+A source supports len() and source[i] -> {'image': uint8 (H, W, C), 'label': int}; it is safe to
+read from several threads and picklable, which is what grain needs.
 """
 import dataclasses
 import logging
+import math
 import os
-import re
+import threading
+import types
+from typing import Protocol
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -22,45 +27,59 @@ from lmim.errors import ConfigError, DataNotPreparedError
 
 log = logging.getLogger("lmim")
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# Published per-dataset statistics (in [0, 1] units). Grayscale data never gets ImageNet's.
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Published per-dataset statistics in [0, 1] units, looked up by the TFDS name without version or
+# config. RGB data not listed gets ImageNet's; other channel counts are estimated from the data,
+# so grayscale data never gets ImageNet's statistics.
 KNOWN_STATS = {
     "mnist5k": ((0.1307,), (0.3081,)),
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagenet2012": IMAGENET,
+    "imagenet2012": IMAGENET_STATS,
 }
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_MAX_STAT_EXAMPLES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
-  name: str
-  num_examples: int
-  num_classes: int
-  channels: int
-  mean: tuple
-  std: tuple
+  """What the model and the trainer need to know about an opened split."""
+  name: str                  # `data` as given in the config
+  num_examples: int          # of the opened split (after slicing)
+  num_classes: int           # 0 when the dataset has no labels
+  channels: int              # 1 for grayscale, 3 for RGB
+  mean: tuple[float, ...]    # per channel, [0, 1] units; len == channels
+  std: tuple[float, ...]
+
+
+class Source(Protocol):
+  def __len__(self) -> int: ...
+  def __getitem__(self, index: int) -> dict: ...
 
 
 class TfdsSource:
-  """tfds.data_source wrapper yielding uint8 HWC images and int labels."""
+  """A `tfds.data_source` split as uint8 HWC images and int labels (-1 if it has no labels).
 
-  def __init__(self, src):
-    self._src = src
+  Without TensorFlow, the array_record data source already decodes images to numpy arrays.
+  """
+
+  def __init__(self, src, has_label: bool):
+    self._src, self._has_label = src, has_label
 
   def __len__(self):
     return len(self._src)
 
-  def __getitem__(self, i):
-    ex = self._src[int(i)]
-    return {"image": np.asarray(ex["image"], np.uint8), "label": int(ex["label"])}
+  def __getitem__(self, index):
+    ex = self._src[int(index)]
+    return {"image": np.asarray(ex["image"], np.uint8),
+            "label": int(ex["label"]) if self._has_label else -1}
 
 
 class FolderSource:
-  """Images in `<root>/<class>/*.ext`; classes sorted by name are the labels."""
+  """Image files with their labels, decoded by PIL to RGB (or 'L' when channels == 1)."""
 
   def __init__(self, files: list[str], labels: list[int], channels: int):
     self.files, self.labels, self.channels = files, labels, channels
@@ -68,119 +87,211 @@ class FolderSource:
   def __len__(self):
     return len(self.files)
 
-  def __getitem__(self, i):
-    with Image.open(self.files[int(i)]) as img:
+  def __getitem__(self, index):
+    index = int(index)
+    with Image.open(self.files[index]) as img:
       arr = np.asarray(img.convert("L" if self.channels == 1 else "RGB"), np.uint8)
-    return {"image": arr[..., None] if self.channels == 1 else arr, "label": self.labels[int(i)]}
+    return {"image": arr[..., None] if self.channels == 1 else arr, "label": self.labels[index]}
 
 
-def _split_slice(split: str, n: int, field: str) -> tuple[str, slice]:
-  """'train[10%:50%]' -> ('train', slice) over n examples (TFDS's rounding for percents)."""
-  m = re.fullmatch(r"(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?", split)
-  if not m:
-    raise ConfigError(field, split, "a split name with optional [start:stop] slicing, e.g. 'train[:90%]'")
-
-  def bound(tok, default):
-    if tok is None:
-      return default
-    if tok.endswith("%"):
-      return int(round(n * int(tok[:-1]) / 100))
-    return int(tok)
-  return m.group(1), slice(bound(m.group(2), 0), bound(m.group(3), n))
+###################################################################################################
+# TFDS datasets (including the embedded mnist5k).
+###################################################################################################
 
 
-class Sliced:
-  def __init__(self, src, sl: slice):
-    self._src, self._idx = src, range(len(src))[sl]
-
-  def __len__(self):
-    return len(self._idx)
-
-  def __getitem__(self, i):
-    return self._src[self._idx[int(i)]]
+def _first_line(err: Exception) -> str:
+  return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _open_tfds(name: str, split: str, data_dir: str | None, field: str):
+def _open_tfds(name: str, split: str, data_dir: str | None, prefix: str):
+  """-> (TfdsSource, channels, num_classes); unprepared data raises one line saying how to build."""
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise ConfigError(field, name, "'mnist5k', 'folder:/path/to/images' or the name of a TFDS "
-                      "dataset (see `tfds.list_builders()`)") from None
-  where = data_dir or tfds.core.constants.DATA_DIR
-  how = (f"tfds build {name} --file_format=array_record --data_dir={where}"
-         + (" (after placing the ILSVRC2012 tars in <data_dir>/downloads/manual)"
-            if name.startswith("imagenet") else ""))
+    raise ConfigError(f"{prefix}.data", name, "'mnist5k', 'folder:/path/to/images' or the name of "
+                      "a TFDS dataset (see tfds.list_builders())") from None
+  except Exception as e:  # e.g. an unknown version or config of a known dataset
+    raise ConfigError(f"{prefix}.data", name, f"not a usable TFDS dataset: {_first_line(e)}") from None
+  where = os.fspath(builder.data_dir_root)
+  how = f"tfds build {name} --file_format=array_record --data_dir={where}"
+  if name.split(":")[0].split("/")[0] == "imagenet2012":
+    how += f" (after placing ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {where}/downloads/manual)"
   try:
     src = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except ValueError as e:
-    if builder.is_prepared():
-      raise ConfigError(field.replace("data", "split"), split, f"a split of {name}: {e}".splitlines()[0]) from None
-    raise DataNotPreparedError(f"dataset '{name}' is not prepared in {where}; prepare it with: {how}") from None
-  except Exception:  # tfds raises a variety of errors for missing or tfrecord-only datasets
+  except Exception as e:  # tfds raises ValueError, NotImplementedError, ... depending on the case
     if not builder.is_prepared():
-      raise DataNotPreparedError(f"dataset '{name}' is not prepared in {where}; prepare it with: {how}") from None
-    raise DataNotPreparedError(f"dataset '{name}' in {where} is not in array_record format "
-                               f"(lmim reads it without TensorFlow); rebuild it with: {how}") from None
-  feats = src.dataset_info.features
-  channels = int(feats["image"].shape[-1] or 3)
-  num_classes = int(feats["label"].num_classes) if "label" in feats else 0
-  return TfdsSource(src), channels, num_classes
+      raise DataNotPreparedError(f"dataset '{name}' (split '{split}') is not prepared in {where}; "
+                                 f"prepare it with: {how}") from None
+    if isinstance(e, ValueError):  # prepared, so the split spec is what is wrong
+      raise ConfigError(f"{prefix}.split", split, f"a split of {name}: {_first_line(e)}") from None
+    raise DataNotPreparedError(f"dataset '{name}' in {where} is not in array_record format (lmim "
+                               f"reads it without TensorFlow); rebuild it with: {how}") from None
+  features = src.dataset_info.features
+  if "image" not in features:
+    raise ConfigError(f"{prefix}.data", name, f"a dataset with an 'image' feature (it has {list(features)})")
+  channels = int(features["image"].shape[-1] or 3)
+  has_label = "label" in features
+  num_classes = int(getattr(features["label"], "num_classes", 0) or 0) if has_label else 0
+  return TfdsSource(src, has_label), channels, num_classes
 
 
-def _open_folder(root: str, split: str, field: str, channels: int | None):
-  name = split.split("[", 1)[0]
-  base = os.path.join(root, name) if os.path.isdir(os.path.join(root, name)) else (root if name == "train" else None)
-  if base is None or not os.path.isdir(base):
-    raise DataNotPreparedError(f"image folder {root} has no split '{name}' (expected {root}/{name}/<class>/ "
-                               f"or, for 'train', {root}/<class>/)")
-  classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
-  files, labels = [], []
-  for label, cls in enumerate(classes):
-    for f in sorted(os.listdir(os.path.join(base, cls))):
-      if f.lower().endswith(IMAGE_EXTENSIONS):
-        files.append(os.path.join(base, cls, f))
-        labels.append(label)
-  if not files:
-    raise DataNotPreparedError(f"image folder {base} holds no images in class subfolders ({', '.join(IMAGE_EXTENSIONS)})")
-  if channels is None:
-    with Image.open(files[0]) as img:
-      channels = 1 if img.mode in ("L", "1", "I;16", "I") else 3
-  _, sl = _split_slice(split, len(files), field)
-  src = FolderSource(files, labels, channels)
-  return (Sliced(src, sl) if (sl.start, sl.stop) != (0, len(files)) else src), channels, len(classes)
+###################################################################################################
+# Image folders.
+###################################################################################################
 
 
-def _estimate_stats(src, channels: int, max_examples: int = 1024):
-  idx = np.linspace(0, len(src) - 1, min(len(src), max_examples)).astype(int)
-  px = np.concatenate([src[i]["image"].reshape(-1, channels) / 255.0 for i in idx])
-  return tuple(float(v) for v in px.mean(0)), tuple(float(max(v, 1e-3)) for v in px.std(0))
+def _list_dirs(path: str) -> list[str]:
+  return sorted(d for d in os.listdir(path) if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
+
+
+def _list_images(path: str) -> list[str]:
+  return sorted(f for f in os.listdir(path)
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def open_folder(root: str, split: str, prefix: str = "input"):
+  """A local image folder -> (FolderSource, channels, num_classes).
+
+  Layouts: `<root>/<split>/<class>/*.png` when `<root>/<split>/` exists (every non-hidden
+  subfolder of root is then a split), otherwise `<root>/<class>/*.png` is the `train` split.
+  Class ids are the sorted class names over ALL splits, so `train` and `val` agree on labels even
+  if one of them lacks a class. Channels: 1 if every one of up to 16 evenly spaced images of the
+  selection is grayscale, else 3 (everything decoded as RGB).
+  """
+  field = f"{prefix}.split"
+  if not os.path.isdir(root):
+    raise DataNotPreparedError(f"image folder {root} does not exist (expected {root}/<class>/*.png "
+                               f"or {root}/<split>/<class>/*.png)")
+  try:
+    instruction = tfds.core.ReadInstruction.from_spec(split)
+  except ValueError as e:
+    raise ConfigError(field, split, _first_line(e)) from None
+  names = [part.split("[", 1)[0].strip() for part in split.split("+")]
+  split_layout = any(os.path.isdir(os.path.join(root, n)) for n in names if n != "all")
+  split_dirs = ({d: os.path.join(root, d) for d in _list_dirs(root)} if split_layout
+                else {"train": root})
+  for n in names:
+    if n != "all" and n not in split_dirs:
+      raise DataNotPreparedError(f"image folder {root} has no split '{n}' (expected {root}/{n}/<class>/ "
+                                 f"or, for 'train' alone, {root}/<class>/)")
+  classes = sorted({c for d in split_dirs.values() for c in _list_dirs(d)})
+  files, labels, infos = {}, {}, {}
+  for n in (split_dirs if "all" in names else dict.fromkeys(names)):
+    files[n], labels[n] = [], []
+    for label, cls in enumerate(classes):
+      cls_dir = os.path.join(split_dirs[n], cls)
+      if os.path.isdir(cls_dir):
+        found = _list_images(cls_dir)
+        files[n] += [os.path.join(cls_dir, f) for f in found]
+        labels[n] += [label] * len(found)
+    infos[n] = types.SimpleNamespace(num_examples=len(files[n]), shard_lengths=[len(files[n])])
+  try:
+    parts = instruction.to_absolute(infos)
+  except ValueError as e:
+    raise ConfigError(field, split, _first_line(e)) from None
+  sel_files, sel_labels = [], []
+  for p in parts:
+    sel_files += files[p.splitname][p.from_:p.to]
+    sel_labels += labels[p.splitname][p.from_:p.to]
+  if not sel_files:
+    raise DataNotPreparedError(f"image folder {root} has no images for split '{split}' in class "
+                               f"subfolders ({', '.join(IMAGE_EXTENSIONS)})")
+  probe = np.unique(np.linspace(0, len(sel_files) - 1, min(16, len(sel_files))).round().astype(int))
+  gray = True
+  for i in probe:
+    with Image.open(sel_files[i]) as img:
+      gray = gray and img.mode in _GRAY_MODES
+  channels = 1 if gray else 3
+  return FolderSource(sel_files, sel_labels, channels), channels, len(classes)
+
+
+###################################################################################################
+# Normalisation statistics.
+###################################################################################################
+
+_estimates: dict = {}
+_estimates_lock = threading.Lock()
+
+
+def estimate_stats(src, channels: int, max_examples: int = _MAX_STAT_EXAMPLES):
+  """Per-channel mean/std in [0, 1] units over up to `max_examples` evenly spaced examples."""
+  idx = np.unique(np.linspace(0, len(src) - 1, min(len(src), max_examples)).round().astype(np.int64))
+  total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+  for i in idx:
+    px = src[int(i)]["image"].reshape(-1, channels).astype(np.float64) / 255.0
+    total += px.sum(0)
+    total_sq += np.square(px).sum(0)
+    count += len(px)
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  # A constant channel would divide by zero: leave it unscaled.
+  return tuple(float(m) for m in mean), tuple(float(s) if s > 1e-6 else 1.0 for s in std)
+
+
+def _default_stats(data: str, split: str, data_dir, src, channels: int, prefix: str):
+  """Published statistics, else ImageNet's for RGB, else estimated once per (data, split, dir)."""
+  known = KNOWN_STATS.get(data.split(":")[0].split("/")[0])
+  if known is not None and len(known[0]) == channels:
+    return known
+  if channels == 3:
+    return IMAGENET_STATS
+  key = (data, split, data_dir, channels)
+  with _estimates_lock:
+    if key not in _estimates:
+      _estimates[key] = estimate_stats(src, channels)
+      log.info("No published statistics for %s (%d channel(s)): estimated mean %s, std %s from up "
+               "to %d examples of '%s' (set %s.mean/%s.std to override).", data, channels,
+               _estimates[key][0], _estimates[key][1], _MAX_STAT_EXAMPLES, split, prefix, prefix)
+    return _estimates[key]
+
+
+def _check_stat(field: str, value, channels: int, data: str, positive: bool) -> tuple[float, ...]:
+  try:
+    values = tuple(float(v) for v in value)
+  except (TypeError, ValueError):
+    raise ConfigError(field, value, f"a tuple of {channels} float(s), one per channel of {data}") from None
+  if len(values) != channels:
+    raise ConfigError(field, value, f"one value per channel: {channels} for {data}")
+  if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+    raise ConfigError(field, value, "finite values" + (", each > 0" if positive else ""))
+  return values
+
+
+###################################################################################################
+# Entry point.
+###################################################################################################
 
 
 def open_source(data: str, split: str, data_dir: str | None = None, *, mean=None, std=None,
-                field: str = "input.data"):
-  """-> (source, DataInfo). Raises DataNotPreparedError / ConfigError with one-line messages."""
+                config_prefix: str = "input") -> tuple[Source, DataInfo]:
+  """-> (source, DataInfo) for one split.
+
+  `mean`/`std` given explicitly win over the defaults (each independently); errors are one line
+  naming `<config_prefix>.data|split|mean|std` (ConfigError) or saying how to prepare the data
+  (DataNotPreparedError).
+  """
+  if not isinstance(data, str) or not data:
+    raise ConfigError(f"{config_prefix}.data", data,
+                      "'mnist5k', 'folder:/path/to/images' or a TFDS dataset name")
   if data == embedded.NAME:
     data_dir = embedded.ensure_prepared(data_dir)
-    src, channels, num_classes = _open_tfds(data, split, data_dir, field)
+    src, channels, num_classes = _open_tfds(data, split, data_dir, config_prefix)
   elif data.startswith("folder:"):
-    src, channels, num_classes = _open_folder(data[len("folder:"):], split, field, None)
+    root = data[len("folder:"):]
+    if not root:
+      raise ConfigError(f"{config_prefix}.data", data,
+                        "'folder:<root>' with <root> a directory of class subfolders")
+    src, channels, num_classes = open_folder(os.path.expanduser(root), split, config_prefix)
   else:
-    src, channels, num_classes = _open_tfds(data, split, data_dir, field)
+    src, channels, num_classes = _open_tfds(data, split, data_dir, config_prefix)
   if len(src) == 0:
-    raise ConfigError(field.replace("data", "split"), split, f"selects no examples of {data}")
+    raise ConfigError(f"{config_prefix}.split", split, f"a split with at least one example of {data}")
   if mean is None or std is None:
-    if data in KNOWN_STATS and len(KNOWN_STATS[data][0]) == channels:
-      mean, std = KNOWN_STATS[data]
-    elif channels == 3:
-      mean, std = IMAGENET
-    else:
-      mean, std = _estimate_stats(src, channels)
-      log.info("Estimated %s statistics: mean %s std %s (set input.mean/std to override).", data, mean, std)
-  for key, v in (("input.mean", mean), ("input.std", std)):
-    if len(v) != channels:
-      raise ConfigError(key, tuple(v), f"one value per channel: {channels} for {data}")
-  if any(s <= 0 for s in std):
-    raise ConfigError("input.std", tuple(std), "every value must be > 0")
+    default_mean, default_std = _default_stats(data, split, data_dir, src, channels, config_prefix)
+    mean = default_mean if mean is None else mean
+    std = default_std if std is None else std
+  mean = _check_stat(f"{config_prefix}.mean", mean, channels, data, positive=False)
+  std = _check_stat(f"{config_prefix}.std", std, channels, data, positive=True)
   info = DataInfo(name=data, num_examples=len(src), num_classes=num_classes, channels=channels,
-                  mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+                  mean=mean, std=std)
   return src, info

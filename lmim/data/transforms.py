@@ -1,10 +1,13 @@
 """Host-side image transforms with torchvision's exact semantics (numpy + PIL).
 
-Training (official recipe, spec §3): RandomResizedCrop(scale=(min_crop, 1), ratio=(3/4, 4/3),
-bicubic) to g·(p+gap) pixels, horizontal flip with p = 0.5, then normalisation.
-Evaluation: Resize(int(size/0.875), bicubic) on the shorter side, CenterCrop(size), normalise.
+Training (the official recipe): RandomResizedCrop(size, scale=(min_crop, 1), ratio=(3/4, 4/3),
+bicubic), RandomHorizontalFlip(0.5), then normalisation. Evaluation: Resize(int(size / 0.875),
+bicubic) on the shorter side, CenterCrop(size), normalisation. As torchvision does on PIL images,
+crops and resizes run on uint8 PIL images (PIL's bicubic, rounded and clipped to uint8), so
+features match a PyTorch pipeline fed the same crops.
+
 Every random choice comes from the `np.random.Generator` passed in, so an example's view depends
-only on the seed grain derives from (pipeline seed, global example index).
+only on the generator the pipeline derives from (seed, global example index).
 """
 import math
 
@@ -12,18 +15,23 @@ import numpy as np
 from PIL import Image
 
 
-def _pil(img: np.ndarray) -> Image.Image:
-  return Image.fromarray(img[..., 0], mode="L") if img.shape[-1] == 1 else Image.fromarray(img)
+def _to_pil(img: np.ndarray) -> Image.Image:
+  return Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
 
 
-def _np(pil: Image.Image, channels: int) -> np.ndarray:
+def _to_numpy(pil: Image.Image, channels: int) -> np.ndarray:
   arr = np.asarray(pil)
   return arr[..., None] if channels == 1 else arr
 
 
 def random_resized_crop_params(height: int, width: int, rng: np.random.Generator,
                                scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-  """torchvision's RandomResizedCrop.get_params: (top, left, h, w); 10 tries, then a centre crop."""
+  """torchvision's `RandomResizedCrop.get_params` -> (top, left, h, w).
+
+  Up to 10 attempts: area fraction ~ U(scale), aspect ratio log-uniform in `ratio`, sides
+  rounded; the first crop that fits is placed uniformly. If none fits, a centre crop of the
+  whole image clamped to the ratio range.
+  """
   area = height * width
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
@@ -32,7 +40,9 @@ def random_resized_crop_params(height: int, width: int, rng: np.random.Generator
     w = int(round(math.sqrt(target_area * aspect)))
     h = int(round(math.sqrt(target_area / aspect)))
     if 0 < w <= width and 0 < h <= height:
-      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
   in_ratio = width / height
   if in_ratio < min(ratio):
     w, h = width, int(round(width / min(ratio)))
@@ -45,41 +55,66 @@ def random_resized_crop_params(height: int, width: int, rng: np.random.Generator
 
 def random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator,
                         scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  """uint8 (H, W, C) -> uint8 (size, size, C): crop at `random_resized_crop_params`, then bicubic."""
   top, left, h, w = random_resized_crop_params(img.shape[0], img.shape[1], rng, scale, ratio)
-  pil = _pil(img).crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
-  return _np(pil, img.shape[-1])
+  pil = _to_pil(img).crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
+  return _to_numpy(pil, img.shape[-1])
 
 
 def horizontal_flip(img: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+  """Mirror left-right with probability p (torchvision: flip if rand() < p)."""
   return img[:, ::-1] if rng.random() < p else img
 
 
 def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
-  """torchvision Resize(int): the shorter side becomes `size`, the longer keeps the aspect (floor)."""
+  """torchvision `Resize(int)`: the shorter side becomes `size`, the longer int(size·long/short)."""
   h, w = img.shape[:2]
   if h <= w:
     nh, nw = size, int(size * w / h)
   else:
     nh, nw = int(size * h / w), size
-  return _np(_pil(img).resize((nw, nh), Image.BICUBIC), img.shape[-1])
+  if (nh, nw) == (h, w):
+    return img
+  return _to_numpy(_to_pil(img).resize((nw, nh), Image.BICUBIC), img.shape[-1])
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+  """torchvision `CenterCrop(size)` for images at least `size` on each side (offsets rounded)."""
   h, w = img.shape[:2]
+  if h < size or w < size:
+    raise ValueError(f"center_crop({size}) of a {h}×{w} image: resize it first")
   top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
   return img[top:top + size, left:left + size]
 
 
+def eval_resize_center_crop(img: np.ndarray, size: int) -> np.ndarray:
+  """The evaluation view: shorter side to int(size / 0.875) (bicubic), then the central size×size."""
+  return center_crop(resize_shorter(img, int(size / 0.875)), size)
+
+
+def resize_full(img: np.ndarray, size: int) -> np.ndarray:
+  """The whole image squashed to size×size (bicubic): positions map linearly to the source image."""
+  if img.shape[:2] == (size, size):
+    return img
+  return _to_numpy(_to_pil(img).resize((size, size), Image.BICUBIC), img.shape[-1])
+
+
+EVAL_RESIZES = {"center_crop": eval_resize_center_crop, "full": resize_full}
+
+
 def normalize(img: np.ndarray, mean, std) -> np.ndarray:
-  x = img.astype(np.float32) / 255.0
+  """uint8 -> float32 (x / 255 − mean) / std, per channel."""
+  x = img.astype(np.float32) / np.float32(255)  # ToTensor divides; so do we, bit for bit
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 def train_transform(img: np.ndarray, rng: np.random.Generator, *, size: int, mean, std,
                     min_crop: float = 0.2) -> np.ndarray:
+  """RandomResizedCrop(scale=(min_crop, 1)) -> flip(0.5) -> normalise; float32 (size, size, C)."""
   img = random_resized_crop(img, size, rng, scale=(min_crop, 1.0))
   return normalize(horizontal_flip(img, rng), mean, std)
 
 
-def eval_transform(img: np.ndarray, *, size: int, mean, std) -> np.ndarray:
-  return normalize(center_crop(resize_shorter(img, int(size / 0.875)), size), mean, std)
+def eval_transform(img: np.ndarray, *, size: int, mean, std, resize: str = "center_crop") -> np.ndarray:
+  """Resize(int(size/0.875)) -> CenterCrop(size) (or `resize='full'`) -> normalise; float32 (S, S, C)."""
+  return normalize(EVAL_RESIZES[resize](img, size), mean, std)

@@ -39,10 +39,15 @@ def check_feature(feature: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _feature_fn(method, feature: str, mesh):
+def _jitted(fn, mesh):
+  return jax.jit(fn, out_shardings=sharding.replicated(mesh))
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_fn(method, feature: str):
   def fn(params, images):
     return select(method.encode(params, images), feature).astype(jnp.float32)
-  return jax.jit(fn, out_shardings=sharding.replicated(mesh))
+  return fn
 
 
 def extract(method, encoder_params, batches, mesh, feature: str = "pooled_pre_norm"):
@@ -51,15 +56,22 @@ def extract(method, encoder_params, batches, mesh, feature: str = "pooled_pre_no
   `batches` yields process-local {'image', 'label', 'mask'}; padded rows (mask False) are
   dropped, so every process can run the same number of steps on a padded stream.
   """
-  fn = _feature_fn(method, check_feature(feature), mesh)
-  feats, labels = [], []
+  return extract_fn(_feature_fn(method, check_feature(feature)), encoder_params, batches, mesh)
+
+
+def extract_fn(fn, params, batches, mesh):
+  """Any `fn(params, images) -> (B, ...)` over an eval stream, sharded over the mesh -> host
+  arrays (outputs, labels) without the padded rows. `fn` should be a stable function object
+  (a method or module-level function) so its compilation is reused."""
+  jitted = _jitted(fn, mesh)
+  outs, labels = [], []
   for batch in batches:
     g = sharding.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh)
-    f = fn(encoder_params, g["image"])
+    out = jitted(params, g["image"])
     keep = np.asarray(jax.device_get(_replicate(g["mask"], mesh)))
-    feats.append(np.asarray(jax.device_get(f))[keep])
+    outs.append(np.asarray(jax.device_get(out))[keep])
     labels.append(np.asarray(jax.device_get(_replicate(g["label"], mesh)))[keep])
-  return np.concatenate(feats), np.concatenate(labels)
+  return np.concatenate(outs), np.concatenate(labels)
 
 
 @functools.lru_cache(maxsize=4)
