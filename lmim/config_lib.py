@@ -160,11 +160,6 @@ def validate_run(config, num_devices: int) -> None:
     raise ConfigError("batch_size", config.batch_size,
                       f"must be divisible by the data-parallel size ({dp} = mesh {data}x{fsdp}) times "
                       f"accum_steps ({config.accum_steps}) = {dp * config.accum_steps}")
-  micro = config.batch_size // config.accum_steps
-  group = config.sim_reg.get("group_size")
-  if group is not None and (group < 1 or micro % group):
-    raise ConfigError("sim_reg.group_size", group,
-                      f"must divide the micro-batch (batch_size/accum_steps = {micro})")
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:

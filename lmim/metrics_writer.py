@@ -60,14 +60,21 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+_FORMATS = (("loss", ".4f"), ("sim_pred", ".3f"), ("sim_vis", ".3f"), ("sim_trg", ".3f"),
+            ("std_pred", ".3f"), ("std_trg", ".3f"), ("lr", ".3e"), ("momentum", ".5f"),
+            ("grad_norm", ".3e"), ("images_per_sec", ".1f"))
+_SILENT = ("eta_sec", "loss_main", "sim_target")
+
+
 def format_line(step: int, total: int, m: dict) -> str:
-  """The console line: what a researcher scans for during pretraining."""
+  """The console line: what a researcher scans for during pretraining (method-specific terms,
+  e.g. CMAE's rec/con/pos, follow the common ones)."""
   parts = [f"step {step}/{total}"]
-  for key, fmt in (("loss", ".4f"), ("sim_pred", ".3f"), ("sim_vis", ".3f"), ("sim_trg", ".3f"),
-                   ("std_pred", ".3f"), ("std_trg", ".3f"), ("lr", ".3e"), ("momentum", ".5f"),
-                   ("grad_norm", ".3e"), ("images_per_sec", ".1f")):
+  known = {k for k, _ in _FORMATS}
+  for key, fmt in _FORMATS:
     if key in m:
       parts.append(f"{key} {m[key]:{fmt}}")
+  parts += [f"{k} {v:.4g}" for k, v in m.items() if k not in known and k not in _SILENT]
   if "eta_sec" in m:
     parts.append(f"eta {_hms(m['eta_sec'])}")
   return " | ".join(parts)

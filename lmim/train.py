@@ -98,7 +98,9 @@ def build(config, info, devices=None, source=None) -> Setup:
   ########################################################################################
   state_sh = sharding.tree_shardings(abstract, mesh, cfg.fsdp_min_size_mb)
   init_fn = jax.jit(init, out_shardings=state_sh)
-  batch_sh = {"image": sharding.batch_sharding(mesh, batch_axis=1)}
+  # One image array per view (CMAE trains on two views of each image).
+  image_keys = ("image",) + tuple(f"image{v + 1}" for v in range(1, getattr(method, "num_views", 1)))
+  batch_sh = {k: sharding.batch_sharding(mesh, batch_axis=1) for k in image_keys}
 
   ########################################################################################
   # The update step: one optimiser step over `accum_steps` micro-batches.
@@ -143,19 +145,22 @@ def build(config, info, devices=None, source=None) -> Setup:
                init_key, step_key, traces)
 
 
-def train_batches(setup: Setup, start_step: int):
-  cfg = setup.config
+def train_batches(setup: Setup, start_step: int, host_state=None):
+  """The data stream from `start_step`; a method's host state may change the crops (CMAE boxes)."""
+  cfg, method = setup.config, setup.method
+  boxes = method.crop_boxes(host_state) if host_state is not None else None
   return data.train_batches(
-      setup.source, setup.info, image_size=setup.method.train_image_size,
+      setup.source, setup.info, image_size=method.train_image_size,
       global_batch=cfg.batch_size, accum_steps=cfg.accum_steps, start_step=start_step,
       seed=cfg.seed, min_crop=cfg.input.min_crop, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=cfg.input.num_threads,
-      prefetch=cfg.input.prefetch)
+      prefetch=cfg.input.prefetch, num_views=getattr(method, "num_views", 1), flip=cfg.input.flip,
+      boxes=None if boxes is None else boxes[0], alpha=1.0 if boxes is None else boxes[1])
 
 
 def device_batch(setup: Setup, local: dict) -> dict:
   """Process-local (accum, micro/P, H, W, C) images -> the global batch on the mesh."""
-  return sharding.global_batch({"image": local["image"]}, setup.mesh, batch_axis=1)
+  return sharding.global_batch({k: local[k] for k in setup.batch_shardings}, setup.mesh, batch_axis=1)
 
 
 def abstract_items(setup: Setup) -> dict:
@@ -200,10 +205,18 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   evals = {name: evaluators.from_config(name, ev, method=method, mesh=mesh)
            for name, ev in cfg.evals.items()}
 
+  # Host-side method state (CMAE's ContrastiveCrop boxes): numpy, replicated, checkpointed.
+  host = method.host_state_init(setup.info.num_examples) if hasattr(method, "host_state_init") else None
   if start_step:  # restored straight into the target shardings; nothing is initialised first
-    restored = ckpt.restore(start_step, abstract_items(setup))
+    items = abstract_items(setup)
+    if host is not None:
+      repl = sharding.replicated(mesh)
+      items["host_state"] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), host)
+    restored = ckpt.restore(start_step, items)
     state = TrainState(step=jax.device_put(jnp.int32(start_step), sharding.replicated(mesh)), **{
         k: restored.get(k) for k in ("params", "ema_params", "opt_state")})
+    if host is not None:
+      host = jax.tree.map(np.asarray, jax.device_get(restored["host_state"]))
     log.info("Resumed from step %d (data position %d).", start_step, start_step * cfg.batch_size)
   else:
     state = setup.init_fn(setup.init_key)
@@ -220,7 +233,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   ########################################################################################
   # Compile once, ahead of time: the loop calls the compiled executable, which cannot retrace.
   ########################################################################################
-  batches = iter(train_batches(setup, start_step))
+  batches = iter(train_batches(setup, start_step, host))
   first = next(batches)
   t0 = time.perf_counter()
   compiled = setup.step_fn.lower(state, device_batch(setup, first), setup.step_key).compile()
@@ -255,9 +268,15 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
       warning = collapse_warning(summary, done)
       if warning:
         log.warning(warning)
+    if host is not None and method.host_state_due(done):
+      t0 = time.perf_counter()
+      host = method.compute_host_state(state.params, state.ema_params, setup.source, setup.info, mesh)
+      batches, local = iter(train_batches(setup, done, host)), None  # the stream with the new state
+      log.info("Refreshed the method's host state at step %d (%.1f s).", done, time.perf_counter() - t0)
+      t_last = time.perf_counter()
     if done == stop or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) or (
         cfg.checkpoint.keep_every_steps and done % cfg.checkpoint.keep_every_steps == 0):
-      ckpt.save(done, state.items(), _meta(cfg, config, setup.info, done), force=True)
+      ckpt.save(done, {**state.items(), "host_state": host}, _meta(cfg, config, setup.info, done), force=True)
     due = [n for n, ev in cfg.evals.items() if done == total or (ev.every_steps and done % ev.every_steps == 0)]
     if due:
       results.update(_run_evals({n: evals[n] for n in due}, cfg, state, done, writer))

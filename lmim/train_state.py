@@ -7,13 +7,14 @@
 
 Randomness is not state: every draw comes from fold_in(key(config.seed), step), so a resumed run
 draws exactly what an uninterrupted one would. Checkpoints store params, ema_params and
-opt_state as separate items (see lmim/checkpoint.py) so probes can restore one alone.
+opt_state as separate items (see lmim/checkpoint.py) so probes can restore one alone; a method's
+host-side state (CMAE's crop boxes) travels beside them as the item `host_state`.
 """
 from typing import Any
 
 import flax.struct
 
-CHECKPOINT_ITEMS = ("params", "ema_params", "opt_state")
+CHECKPOINT_ITEMS = ("params", "ema_params", "opt_state", "host_state")
 
 
 @flax.struct.dataclass

@@ -1,50 +1,11 @@
 """The trainer: sharding invariance, no recompilation, exact resume, gradient accumulation."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmim import train, views
+from lmim import train
+from stepping import assert_params_close, assert_trees_close, one_step
 from tiny import tiny_config
-
-
-def first_batch(setup):
-  return next(train.train_batches(setup, 0))
-
-
-def one_step(config, devices):
-  setup = train.prepare(config, devices)
-  state = setup.init_fn(setup.init_key)
-  grads = reference_grads(setup, state, first_batch(setup))
-  state, metrics = setup.step_fn(state, train.device_batch(setup, first_batch(setup)), setup.step_key)
-  return dict(params=jax.device_get(state.params), ema=jax.device_get(state.ema_params),
-              metrics=jax.device_get(metrics), grads=grads, lr=setup.config.optim.lr)
-
-
-def reference_grads(setup, state, local):
-  """Step-0 gradients on one device, computed outside the trainer (for tolerances only)."""
-  m, images = setup.method, jnp.asarray(local["image"].reshape(-1, *local["image"].shape[2:]))
-  keys = views.example_keys(jax.random.fold_in(setup.step_key, 0), jnp.arange(images.shape[0]))
-  ema = m.update_targets(state.ema_params, state.params, 0)
-  loss = lambda p: m.loss(p, ema, {"image": images}, keys, 0)[0]
-  return jax.device_get(jax.jit(jax.grad(loss))(jax.device_get(state.params)))
-
-
-def assert_params_close(a, ref, atol):
-  """Elementwise |a − ref| ≤ atol, except where the true gradient is zero and float32 round-off
-  decides Adam's first step (key biases; the decoder's last bias under PatchDisc): there the step
-  is ±lr whatever the device count (see the fixture README), so allow 2·lr."""
-  g_scale = max(np.abs(g).max() for g in jax.tree.leaves(ref["grads"]))
-  flat = jax.tree_util.tree_flatten_with_path(ref["params"])[0]
-  for (path, want), got, g in zip(flat, jax.tree.leaves(a["params"]), jax.tree.leaves(ref["grads"])):
-    tol = np.where(np.abs(g) < 1e-4 * g_scale, 2 * ref["lr"], atol)
-    excess = np.abs(got - want) - tol
-    assert excess.max() <= 0, f"{jax.tree_util.keystr(path)}: off by {np.abs(got - want).max():.3g}"
-
-
-def assert_trees_close(a, b, atol):
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.fixture(scope="module")

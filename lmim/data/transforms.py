@@ -32,6 +32,15 @@ def random_resized_crop_params(height: int, width: int, rng: np.random.Generator
   rounded; the first crop that fits is placed uniformly. If none fits, a centre crop of the
   whole image clamped to the ratio range.
   """
+  for h, w in _crop_sizes(height, width, rng, scale, ratio):
+    top = int(rng.integers(0, height - h + 1))
+    left = int(rng.integers(0, width - w + 1))
+    return top, left, h, w
+  return _centre_fallback(height, width, ratio)
+
+
+def _crop_sizes(height: int, width: int, rng: np.random.Generator, scale, ratio):
+  """RandomResizedCrop's size proposals: yields the first (h, w) of 10 attempts that fits."""
   area = height * width
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
   for _ in range(10):
@@ -40,9 +49,11 @@ def random_resized_crop_params(height: int, width: int, rng: np.random.Generator
     w = int(round(math.sqrt(target_area * aspect)))
     h = int(round(math.sqrt(target_area / aspect)))
     if 0 < w <= width and 0 < h <= height:
-      top = int(rng.integers(0, height - h + 1))
-      left = int(rng.integers(0, width - w + 1))
-      return top, left, h, w
+      yield h, w
+      return
+
+
+def _centre_fallback(height: int, width: int, ratio) -> tuple[int, int, int, int]:
   in_ratio = width / height
   if in_ratio < min(ratio):
     w, h = width, int(round(width / min(ratio)))
@@ -108,11 +119,36 @@ def normalize(img: np.ndarray, mean, std) -> np.ndarray:
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
+def contrastive_crop_params(height: int, width: int, box, rng: np.random.Generator, alpha: float,
+                            scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """ContrastiveCrop (Peng et al., CVPR 2022): RandomResizedCrop's size, but the crop *centre*
+  drawn from Beta(α, α) across the box (h0, w0, h1, w1) in [0, 1] (α < 1 pushes centres to the
+  box edges). The crop stays inside the image; the scale is relative to the whole image."""
+  h0, w0, h1, w1 = (float(v) for v in box)
+  for h, w in _crop_sizes(height, width, rng, scale, ratio):
+    t0 = max(int(height * h0) - h // 2, 0)
+    t1 = max(min(int(height * h1) - h // 2, height - h), t0)   # the official code lacks this guard
+    l0 = max(int(width * w0) - w // 2, 0)
+    l1 = max(min(int(width * w1) - w // 2, width - w), l0)
+    top = int(t0 + (t1 - t0) * rng.beta(alpha, alpha))
+    left = int(l0 + (l1 - l0) * rng.beta(alpha, alpha))
+    return top, left, h, w
+  return _centre_fallback(height, width, ratio)
+
+
 def train_transform(img: np.ndarray, rng: np.random.Generator, *, size: int, mean, std,
-                    min_crop: float = 0.2) -> np.ndarray:
-  """RandomResizedCrop(scale=(min_crop, 1)) -> flip(0.5) -> normalise; float32 (size, size, C)."""
-  img = random_resized_crop(img, size, rng, scale=(min_crop, 1.0))
-  return normalize(horizontal_flip(img, rng), mean, std)
+                    min_crop: float = 0.2, flip: bool = True, box=None, alpha: float = 1.0) -> np.ndarray:
+  """RandomResizedCrop(scale=(min_crop, 1)) (or ContrastiveCrop in `box`) -> flip(0.5) ->
+  normalise; float32 (size, size, C)."""
+  if box is None:
+    img = random_resized_crop(img, size, rng, scale=(min_crop, 1.0))
+  else:
+    top, left, h, w = contrastive_crop_params(img.shape[0], img.shape[1], box, rng, alpha, (min_crop, 1.0))
+    img = _to_numpy(_to_pil(img).crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC),
+                    img.shape[-1])
+  if flip:
+    img = horizontal_flip(img, rng)
+  return normalize(img, mean, std)
 
 
 def eval_transform(img: np.ndarray, *, size: int, mean, std, resize: str = "center_crop") -> np.ndarray:

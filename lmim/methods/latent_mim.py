@@ -81,6 +81,11 @@ def validate(config) -> None:
     raise ConfigError("loss.huber_delta", config.loss.huber_delta, "must be > 0")
   if config.sim_reg.coeff < 0:
     raise ConfigError("sim_reg.coeff", config.sim_reg.coeff, "must be >= 0 (0 disables the regulariser)")
+  micro = config.batch_size // max(config.accum_steps, 1)
+  group = config.sim_reg.get("group_size")
+  if group is not None and (group < 1 or micro % group):
+    raise ConfigError("sim_reg.group_size", group,
+                      f"must divide the micro-batch (batch_size/accum_steps = {micro})")
   if config.targets.mode not in TARGET_MODES:
     raise ConfigError("targets.mode", config.targets.mode, f"one of {list(TARGET_MODES)}")
   if not 0.0 <= config.targets.momentum <= 1.0:
