@@ -26,19 +26,7 @@ def get_config(arg=None):
   c.total_epochs, c.warmup_epochs = float(a.epochs), 40.0
   c.optim.blr, c.optim.weight_decay = 1.5e-4, 0.05
   c.checkpoint.every_epochs, c.checkpoint.keep_every_epochs = 1.0, 50.0
-  c.evals.nn = dict(type="nn_loo", data="imagenet2012", split="validation", batch_size=256,
-                    every_steps=None, every_epochs=10.0, at_init=False, encoder="online",
-                    feature="pooled_pre_norm")
+  c.evals.nn = config_lib.nn_eval("imagenet2012", "validation", every_epochs=10.0)
   if a.runlocal:
-    c.model.update(dict(variant="Ti/4", depth=2, grid_size=7))
-    c.model.decoder.update(dict(width=64, depth=1, num_heads=4))
-    c.input.data = "mnist5k"
-    c.batch_size = 32
-    c.total_epochs, c.warmup_epochs = None, None
-    c.total_steps, c.warmup_steps = 10, 2
-    c.log_every_steps = 5
-    c.checkpoint.every_epochs, c.checkpoint.keep_every_epochs = None, None
-    c.checkpoint.every_steps = 5
-    c.evals.nn.update(dict(data="mnist5k", split="test[:256]", batch_size=128, every_epochs=None,
-                           every_steps=10))
+    config_lib.runlocal(c)
   return c

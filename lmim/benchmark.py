@@ -2,6 +2,7 @@
 
     python -m lmim.benchmark --config configs/lmim_vitb16_in1k.py:variant=Ti/16 \
         --config.batch_size=8 --config.sim_reg.group_size=8 --steps 10
+    python -m lmim.benchmark --config configs/pcae_vitb16_in1k.py:variant=Ti/16 --config.batch_size=8
 
 The step is the trainer's own (same jit, shardings and donation); images are random, so no
 dataset is needed. FLOPs are XLA's count for the compiled step (per optimiser step, all devices;
@@ -24,8 +25,8 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
   cfg, method = setup.config, setup.method
   size, k = method.train_image_size, cfg.accum_steps
   rng = np.random.default_rng(0)
-  local = {"image": rng.standard_normal((k, cfg.batch_size // k // jax.process_count(), size, size,
-                                         channels), dtype=np.float32)}
+  shape = (k, cfg.batch_size // k // jax.process_count(), size, size, channels)
+  local = {key: rng.standard_normal(shape, dtype=np.float32) for key in setup.batch_shardings}
   state = setup.init_fn(setup.init_key)
   batch = train.device_batch(setup, local)
   t0 = time.perf_counter()

@@ -76,6 +76,29 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
   return c
 
 
+def nn_eval(data: str = "imagenet2012", split: str = "validation", every_epochs: float | None = 10.0,
+            every_steps: int | None = None, at_init: bool = False, batch_size: int = 256) -> dict:
+  """The official NN metric as an eval entry (`config.evals.nn = config_lib.nn_eval(...)`)."""
+  return dict(type="nn_loo", data=data, split=split, batch_size=batch_size, every_steps=every_steps,
+              every_epochs=every_epochs, at_init=at_init, encoder="online", feature="pooled_pre_norm")
+
+
+def runlocal(c: mlc.ConfigDict) -> mlc.ConfigDict:
+  """Shrink any recipe to a laptop smoke run on the embedded data (same code path, seconds)."""
+  c.model.update(dict(variant="Ti/4", depth=2, grid_size=7))
+  c.model.projector.dim = 256
+  c.model.decoder.update(dict(width=64, depth=1, num_heads=4))
+  c.input.data, c.input.split = "mnist5k", "train"
+  c.batch_size = 32
+  c.accum_steps = 1
+  c.total_epochs, c.warmup_epochs = None, None
+  c.total_steps, c.warmup_steps = 10, 2
+  c.log_every_steps = 5
+  c.checkpoint.update(dict(every_epochs=None, keep_every_epochs=None, every_steps=5))
+  c.evals.nn = nn_eval("mnist5k", "test[:256]", every_epochs=None, every_steps=10, batch_size=128)
+  return c
+
+
 def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
   """'variant=S/16,runlocal' -> ConfigDict typed by `defaults`; a bare name means True."""
   out = mlc.ConfigDict(defaults)

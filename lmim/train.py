@@ -52,8 +52,9 @@ class Setup:
 def prepare(config, devices=None) -> Setup:
   """Check the config, open the training data and build everything for `config`."""
   devices = list(devices if devices is not None else jax.devices())
-  methods.get(config.method).validate(config)
+  method_module = methods.get(config.method)
   config_lib.validate_run(config, len(devices))
+  method_module.validate(config)
   source, info = data.open_source(config.input.data, config.input.split, config.input.data_dir,
                                   mean=config.input.mean, std=config.input.std)
   return build(config, info, devices, source)

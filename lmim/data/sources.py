@@ -145,8 +145,14 @@ def _list_dirs(path: str) -> list[str]:
 
 
 def _list_images(path: str) -> list[str]:
-  return sorted(f for f in os.listdir(path)
-                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+  """Image files under a class folder, nested folders included (Tiny-ImageNet keeps its training
+  images in `<class>/images/`), as sorted paths relative to `path`."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(path):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    found += [os.path.relpath(os.path.join(dirpath, f), path) for f in filenames
+              if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+  return sorted(found)
 
 
 def open_folder(root: str, split: str, prefix: str = "input"):
