@@ -17,7 +17,7 @@ import jax
 import ml_collections as mlc
 
 from lmim import methods, sharding
-from lmim.checkpoint import Checkpointer, find_checkpoint_dir, flat_leaves
+from lmim.checkpoint import Checkpointer, find_checkpoint_dir
 from lmim.errors import ConfigError
 from lmim.evaluators import features
 
@@ -50,10 +50,8 @@ def load_encoder(workdir: str, *, step: int | None = None, which: str = "ema", m
                       f"{cfg.get('targets', {}).get('mode', '-')}) keeps no EMA encoder")
   item = "params" if which == "online" else "ema_params"
   tree = params if which == "online" else ema
-  if item == "params":  # encoder-only imports (lmim.convert --encoder_only) hold just the encoder
-    saved = set(flat_leaves(ckpt.saved_tree(step, "params")))
-    if not any(k.startswith(("decoder/", "target_encoder/")) for k in saved):
-      tree = {"encoder": tree["encoder"]}
+  if item == "params" and meta.get("source", {}).get("encoder_only"):
+    tree = {"encoder": tree["encoder"]}  # lmim.convert --encoder_only wrote just the encoder
   repl = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), tree)
   restored = ckpt.restore(step, {item: abstract})[item]

@@ -81,3 +81,21 @@ def test_probe_loader_reads_a_trained_workdir(trained_workdir):
   assert not np.allclose(a["pooled"], b["pooled"])  # online moved away from the EMA target
   with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
     probe.load_encoder(trained_workdir, step=5)
+
+
+def test_mae_encoder_only_release_converts_and_probes(tmp_path):
+  """MAE's public `mae_pretrain_vit_*.pth` hold the encoder alone: --encoder_only fills exactly it."""
+  mae_dir = fixture_dirs("official_mae")[0]
+  hp, sd, inputs, _ = load(mae_dir)
+  cfg = convert.config_from_official(hp)
+  encoder_keys = {k: v for k, v in sd.items()
+                  if not k.startswith(("decoder", "mask_token"))}
+  np.savez(tmp_path / "enc.npz", **encoder_keys)
+  with pytest.raises(CheckpointError, match="not filled"):
+    convert.convert_checkpoint(cfg, str(tmp_path / "enc.npz"), str(tmp_path / "full"))
+  convert.convert_checkpoint(cfg, str(tmp_path / "enc.npz"), str(tmp_path / "wd"), encoder_only=True)
+  enc = probe.load_encoder(str(tmp_path / "wd"), which="online")
+  images = jnp.asarray(inputs["images"].transpose(0, 2, 3, 1))
+  assert enc.apply(enc.params, images)["cls"].shape == (3, hp["embed_dim"])
+  with pytest.raises(CheckpointError, match="not consumed"):   # a full checkpoint is not encoder-only
+    convert.convert_checkpoint(cfg, str(mae_dir / "params.npz"), str(tmp_path / "wd2"), encoder_only=True)

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from lmim import train
+from lmim import probe, train
+from lmim.errors import ConfigError
 from stepping import assert_trees_close, first_batch
 from tiny import tiny_config
 
@@ -74,3 +75,20 @@ def test_forty_steps_on_a_fixed_batch_lower_the_loss(run):
   losses = run["losses"]
   assert np.isfinite(losses).all()
   assert losses[-5:].mean() < losses[:5].mean(), losses
+
+
+@pytest.mark.parametrize("method", ["mae", "pcae", "data2vec", "ijepa", "cmae"])
+def test_method_checkpoints_load_in_the_probe_loader(tmp_path, method):
+  """Same entry point, same checkpoints: two steps, then the probing loader reads the encoder."""
+  cfg = tiny_config(method, **{"total_steps": 2, "warmup_steps": 1, "checkpoint.every_steps": 2})
+  train.train(cfg, str(tmp_path))
+  enc = probe.load_encoder(str(tmp_path), which="online")
+  size = enc.image_size
+  out = enc.apply(enc.params, np.zeros((2, size, size, 1), np.float32))
+  assert out["pooled"].shape == (2, 32) and np.isfinite(out["pooled"]).all()
+  has_ema = method in ("pcae", "data2vec", "ijepa")
+  if has_ema:
+    assert probe.load_encoder(str(tmp_path), which="ema").step == 2
+  else:
+    with pytest.raises(ConfigError, match="no EMA encoder"):
+      probe.load_encoder(str(tmp_path), which="ema")

@@ -64,14 +64,25 @@ def extract_fn(fn, params, batches, mesh):
   arrays (outputs, labels) without the padded rows. `fn` should be a stable function object
   (a method or module-level function) so its compilation is reused."""
   jitted = _jitted(fn, mesh)
+  per_process = max(1, mesh.size // jax.process_count())
   outs, labels = [], []
   for batch in batches:
-    g = sharding.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh)
+    batch = _pad_rows({k: batch[k] for k in ("image", "label", "mask")}, per_process)
+    g = sharding.global_batch(batch, mesh)
     out = jitted(params, g["image"])
     keep = np.asarray(jax.device_get(_replicate(g["mask"], mesh)))
     outs.append(np.asarray(jax.device_get(out))[keep])
     labels.append(np.asarray(jax.device_get(_replicate(g["label"], mesh)))[keep])
   return np.concatenate(outs), np.concatenate(labels)
+
+
+def _pad_rows(batch: dict, multiple: int) -> dict:
+  """Pad a process-local batch with masked-out rows to a multiple of this process's devices."""
+  n = len(batch["mask"])
+  pad = -n % multiple
+  if not pad:
+    return batch
+  return {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
 
 
 @functools.lru_cache(maxsize=4)
