@@ -43,6 +43,11 @@ class MetricWriter:
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
 
+  def write_image(self, tag: str, image, step: int):
+    """An (H, W, 3) uint8 or [0, 1] float image to TensorBoard."""
+    if self.enabled:
+      self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
+
   def write_text(self, tag: str, text: str, step: int = 0):
     if self.enabled:
       self._tb.add_text(tag, text, step)

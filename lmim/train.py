@@ -203,7 +203,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   if not start_step:
     _write_config(workdir, config, cfg)
 
-  evals = {name: evaluators.from_config(name, ev, method=method, mesh=mesh)
+  evals = {name: evaluators.from_config(name, ev, method=method, mesh=mesh, workdir=workdir, writer=writer)
            for name, ev in cfg.evals.items()}
 
   # Host-side method state (CMAE's ContrastiveCrop boxes): numpy, replicated, checkpointed.

@@ -1,24 +1,56 @@
 """Evaluators, big_vision style: `config.evals.<name> = dict(type=<module>, ...)` names a module
-`lmim.evaluators.<type>` whose `Evaluator(method=..., mesh=..., **fields).run(state)` yields
-(metric name, value) pairs. The trainer runs them at `every_steps` / `every_epochs`, at the start
-when `at_init` is set, and at the end; the same evaluators run standalone on a checkpoint.
+`lmim.evaluators.<type>` that provides
+
+  Evaluator(ctx, **fields)          fields = the config entry minus the schedule fields below
+      .run(state) -> yields (metric name, value) pairs; `state` has .params and .ema_params
+  datasets(fields) -> [(data, split, data_dir), ...]   what it reads (preflight: `--check`)
+
+`ctx` (Context) carries what evaluators share: the method (networks, geometry), the mesh, the
+workdir and a metric writer (pictures write PNGs and TensorBoard images there), the evaluator's
+own name. The trainer runs evaluators at `every_steps` / `every_epochs`, at the start when
+`at_init` is set, and at the end; `python -m lmim.evaluate` runs them standalone on a checkpoint.
 """
+import dataclasses
 import importlib
+import inspect
+from typing import Any
 
 from lmim.errors import ConfigError
 
 # Fields the trainer reads itself; everything else goes to the evaluator.
 SCHEDULE_FIELDS = ("type", "every_steps", "every_epochs", "at_init")
-EVALUATORS = ("nn_loo",)
+EVALUATORS = ("nn_loo", "knn", "linear_probe", "finetune", "fewshot", "davis", "collapse", "pictures")
 
 
-def from_config(name: str, eval_cfg, *, method, mesh):
+@dataclasses.dataclass
+class Context:
+  method: Any
+  mesh: Any
+  name: str = "eval"
+  workdir: str | None = None
+  writer: Any = None          # lmim.metrics_writer.MetricWriter (images, scalars) or None
+  step: int = 0
+
+
+def module_for(name: str, eval_cfg):
   kind = eval_cfg.get("type")
   if kind not in EVALUATORS:
     raise ConfigError(f"evals.{name}.type", kind, f"one of {list(EVALUATORS)}")
-  module = importlib.import_module(f"lmim.evaluators.{kind}")
-  fields = {k: v for k, v in eval_cfg.items() if k not in SCHEDULE_FIELDS}
-  try:
-    return module.Evaluator(method=method, mesh=mesh, **fields)
-  except TypeError as e:  # an unknown field
-    raise ConfigError(f"evals.{name}", sorted(fields), f"fields accepted by '{kind}': {e}") from None
+  return importlib.import_module(f"lmim.evaluators.{kind}")
+
+
+def fields_of(eval_cfg) -> dict:
+  return {k: v for k, v in eval_cfg.items() if k not in SCHEDULE_FIELDS}
+
+
+def from_config(name: str, eval_cfg, *, method, mesh, workdir=None, writer=None):
+  module = module_for(name, eval_cfg)
+  fields = fields_of(eval_cfg)
+  accepted = inspect.signature(module.Evaluator.__init__).parameters
+  unknown = sorted(set(fields) - set(accepted))
+  if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+    valid = sorted(k for k in accepted if k not in ("self", "ctx"))
+    raise ConfigError(f"evals.{name}.{unknown[0]}", fields[unknown[0]],
+                      f"not a field of '{eval_cfg.type}'; valid fields: {', '.join(valid)}")
+  ctx = Context(method=method, mesh=mesh, name=name, workdir=workdir, writer=writer)
+  return module.Evaluator(ctx, **fields)

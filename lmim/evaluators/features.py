@@ -1,13 +1,18 @@
 """Frozen-encoder features for evaluation, extracted sharded over the mesh.
 
-Feature names (the choice decides whether numbers are comparable; spec methods_and_evals §4.0):
+Feature names (the choice decides whether numbers are comparable; spec methods §4.0):
   pooled_pre_norm  mean of patch tokens of the last block, before the final LayerNorm, without
                    the projector: the official Latent MIM NN feature
-  pooled           mean of patch tokens after the final LayerNorm
+  pooled           mean of patch tokens after the final LayerNorm (MAE fine-tuning's pooling)
   cls              CLS token after the final LayerNorm (DINO kNN, MAE linear probe)
-Images are evaluated at gap 0 (a contiguous g×g grid), as the official evaluation does.
+  block<k>         mean of patch tokens after block k (1-based), no final LayerNorm
+  cls_block<k>     CLS token after block k
+  patch_tokens     every patch token after the final LayerNorm, (B, L, D) (DINO's DAVIS feature)
+  patch_tokens_pre_norm  every patch token of the last block, before the final LayerNorm
+Images are evaluated at gap 0 (a contiguous grid), as the official evaluation does.
 """
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +21,8 @@ import numpy as np
 from lmim import sharding
 from lmim.errors import ConfigError
 
-FEATURES = ("pooled_pre_norm", "pooled", "cls")
+FEATURES = ("pooled_pre_norm", "pooled", "cls", "block<k>", "cls_block<k>", "patch_tokens",
+            "patch_tokens_pre_norm")
 
 
 def select(reps: dict, feature: str):
@@ -25,16 +31,32 @@ def select(reps: dict, feature: str):
     return reps["pre_norm"][:, prefix:].mean(axis=1)
   if feature == "pooled":
     return reps["patches"].mean(axis=1)
-  if feature == "cls":
+  if feature == "patch_tokens":
+    return reps["patches"]
+  if feature == "patch_tokens_pre_norm":
+    return reps["pre_norm"][:, prefix:]
+  if feature == "cls" or feature.startswith("cls_block"):
     if "cls" not in reps:
-      raise ConfigError("feature", feature, "'pooled' or 'pooled_pre_norm': this encoder has no CLS token")
-    return reps["cls"]
+      raise ConfigError("feature", feature, "a patch feature ('pooled', 'pooled_pre_norm', 'block<k>'): "
+                        "this encoder has no CLS token")
+    if feature == "cls":
+      return reps["cls"]
+    return reps["blocks"][int(feature[len("cls_block"):]) - 1][:, 0]
+  m = re.fullmatch(r"block(\d+)", feature)
+  if m:
+    return reps["blocks"][int(m.group(1)) - 1][:, prefix:].mean(axis=1)
   raise ConfigError("feature", feature, f"one of {list(FEATURES)}")
 
 
-def check_feature(feature: str) -> str:
+def check_feature(feature: str, field: str = "feature", depth: int | None = None) -> str:
+  m = re.fullmatch(r"(cls_)?block(\d+)", str(feature))
+  if m:
+    k = int(m.group(2))
+    if depth is not None and not 1 <= k <= depth:
+      raise ConfigError(field, feature, f"block index in [1, {depth}] (the encoder depth)")
+    return feature
   if feature not in FEATURES:
-    raise ConfigError("feature", feature, f"one of {list(FEATURES)}")
+    raise ConfigError(field, feature, f"one of {list(FEATURES)}")
   return feature
 
 

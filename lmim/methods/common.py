@@ -13,11 +13,15 @@ def ema_update(target, online, momentum):
 def encode_full_images(encoder, params, images, patch_size: int):
   """Full images at gap 0, every patch in grid order -> the encoder's named representations.
 
-  This is the evaluation geometry of every method (the official NN evaluation uses it).
+  This is the evaluation geometry of every method (the official NN evaluation uses it). Any
+  image size divisible by the patch size works (position embeddings follow the grid, e.g.
+  DAVIS's 480×832 frames give a 30×52 grid); `out['grid']` is (gh, gw).
   """
+  h, w = images.shape[1] // patch_size, images.shape[2] // patch_size
   patches = views.patchify(images, patch_size, 0)
   ids = jnp.broadcast_to(jnp.arange(patches.shape[1], dtype=jnp.int32), patches.shape[:2])
-  return encoder.apply({"params": params}, patches, ids)
+  out = encoder.apply({"params": params}, patches, ids, grid=(h, w))
+  return dict(out, grid=(h, w))
 
 
 def init_encoder(encoder, key, num_tokens: int, patch_dim: int):

@@ -97,8 +97,8 @@ class SelfAttentionDecoder(nn.Module):
     key_mask = None
     if visible_mask is not None:
       key_mask = jnp.concatenate([jnp.ones((b, int(has_cls)), bool), visible_mask, jnp.ones((b, lq), bool)], 1)
-    block = nn.remat(layers.Block) if self.remat else layers.Block
+    block = nn.remat(layers.Block, static_argnums=(3,)) if self.remat else layers.Block
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, key_mask)
+      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, key_mask, True)
     x = layers.layer_norm("norm")(x)
     return layers.dense(self.out_dim, "pred", self.dtype)(x[:, int(has_cls):]).astype(jnp.float32)

@@ -87,16 +87,26 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LN ViT block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  """Pre-LN ViT block: x + Attn(LN(x)), then x + MLP(LN(x)); optional stochastic depth."""
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
+  drop_path: float = 0.0
+
+  def _drop(self, y, deterministic: bool):
+    """timm's DropPath: drop the whole residual branch per example, rescale the survivors."""
+    if deterministic or self.drop_path == 0.0:
+      return y
+    keep = 1.0 - self.drop_path
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+    return y * mask.astype(y.dtype) / keep
 
   @nn.compact
-  def __call__(self, x, key_mask=None):
-    x = x + SelfAttention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1")(x), key_mask)
+  def __call__(self, x, key_mask=None, deterministic: bool = True):
+    x = x + self._drop(SelfAttention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1")(x), key_mask),
+                       deterministic)
     hidden = int(x.shape[-1] * self.mlp_ratio)
-    return x + Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2")(x))
+    return x + self._drop(Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2")(x)), deterministic)
 
 
 class CrossBlock(nn.Module):

@@ -38,28 +38,31 @@ def _sincos_1d(pos: np.ndarray, width: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _table(width: int, grid_size: int) -> np.ndarray:
+def _table(width: int, grid_h: int, grid_w: int) -> np.ndarray:
   if width % 4:
     raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {width}")
-  lin = _torch_linspace_f32(0.0, 1.0, grid_size) * np.float32(grid_size)  # (g,) coordinates
-  rows, cols = np.meshgrid(lin, lin, indexing="ij")                       # pid = i*g + j
+  # Per axis: linspace(0, 1, g)·g, the official coordinates (a square grid in training; other
+  # grids — a new resolution, DAVIS's 30×52 — use the same rule along each axis).
+  lin_h = _torch_linspace_f32(0.0, 1.0, grid_h) * np.float32(grid_h)
+  lin_w = _torch_linspace_f32(0.0, 1.0, grid_w) * np.float32(grid_w)
+  rows, cols = np.meshgrid(lin_h, lin_w, indexing="ij")                   # pid = i*gw + j
   pe = np.concatenate([_sincos_1d(cols.reshape(-1), width),              # x (column) first
                        _sincos_1d(rows.reshape(-1), width)], axis=-1)
-  table = np.zeros((grid_size * grid_size + 1, width), np.float32)        # row 0: CLS = 0
+  table = np.zeros((grid_h * grid_w + 1, width), np.float32)              # row 0: CLS = 0
   table[1:] = pe
   table.setflags(write=False)
   return table
 
 
 @functools.lru_cache(maxsize=None)
-def _mae_table(width: int, grid_size: int) -> np.ndarray:
+def _mae_table(width: int, grid_h: int, grid_w: int) -> np.ndarray:
   if width % 4:
     raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {width}")
   omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4.0))
-  rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64),
+  rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64),
                            indexing="ij")
   one = lambda pos: np.concatenate([np.sin(pos[:, None] * omega), np.cos(pos[:, None] * omega)], axis=1)
-  table = np.zeros((grid_size * grid_size + 1, width), np.float32)
+  table = np.zeros((grid_h * grid_w + 1, width), np.float32)
   table[1:] = np.concatenate([one(cols.reshape(-1)), one(rows.reshape(-1))], axis=1)
   table.setflags(write=False)
   return table
@@ -68,8 +71,12 @@ def _mae_table(width: int, grid_size: int) -> np.ndarray:
 STYLES = ("lmim", "mae")
 
 
-def sincos_table(width: int, grid_size: int, style: str = "lmim") -> np.ndarray:
-  """(1 + g·g, width) float32 table; row pid+1 embeds patch id pid = row·g + col, row 0 is CLS."""
+def sincos_table(width: int, grid_size: int, style: str = "lmim", grid_w: int | None = None) -> np.ndarray:
+  """(1 + gh·gw, width) float32 table; row pid+1 embeds patch id pid = row·gw + col, row 0 is CLS.
+
+  `grid_size` is the number of rows (and of columns unless `grid_w` is given).
+  """
+  gh, gw = int(grid_size), int(grid_w or grid_size)
   if style == "mae":
-    return _mae_table(int(width), int(grid_size))
-  return _table(int(width), int(grid_size))
+    return _mae_table(int(width), gh, gw)
+  return _table(int(width), gh, gw)

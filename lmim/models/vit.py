@@ -40,13 +40,23 @@ def parse_variant(variant: str) -> tuple[int, int, int, int | None]:
   return width, depth, heads, (int(m.group(2)) if m.group(2) else None)
 
 
-def position_embeddings(module: nn.Module, width: int, grid_size: int, frozen: bool, style: str = "lmim"):
-  """The (1+g·g, width) table: a constant, or a parameter initialised to it (freeze_pe=False)."""
-  table = sincos_table(width, grid_size, style)
+def position_embeddings(module: nn.Module, width: int, grid_size: int, frozen: bool, style: str = "lmim",
+                        grid: tuple[int, int] | None = None):
+  """The (1+gh·gw, width) table for a (gh, gw) grid (default: the training grid g×g).
+
+  Frozen sin-cos tables are recomputed for another grid with the same per-axis rule; a learned
+  table (freeze_pe=False) is a parameter on the training grid, resized bicubically to another
+  grid (the usual practice for probing or fine-tuning at a new resolution).
+  """
+  gh, gw = grid or (grid_size, grid_size)
   if frozen:
-    return jnp.asarray(table)
+    return jnp.asarray(sincos_table(width, gh, style, gw))
   # The name contains "embed", so the official rule exempts it from weight decay.
-  return module.param("pos_embed", lambda *_: jnp.asarray(table))
+  table = module.param("pos_embed", lambda *_: jnp.asarray(sincos_table(width, grid_size, style)))
+  if (gh, gw) == (grid_size, grid_size):
+    return table
+  cells = jax.image.resize(table[1:].reshape(grid_size, grid_size, width), (gh, gw, width), "bicubic")
+  return jnp.concatenate([table[:1], cells.reshape(gh * gw, width)], axis=0)
 
 
 def gather_positions(table, patch_ids, with_cls: bool):
@@ -125,16 +135,18 @@ class Encoder(nn.Module):
   posemb: str = "lmim"      # 'lmim' (official Latent MIM coordinates) or 'mae'
   use_cls: bool = True
   use_mask_token: bool = False
+  drop_path: float = 0.0    # stochastic depth, linearly increasing to this rate (fine-tuning)
   remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, patches, patch_ids, *, token_mask=None, key_mask=None, add_positions=True,
-               reduce=(), reduce_key=None):
+               reduce=(), reduce_key=None, grid=None, deterministic=True):
     """patches (B, L, p·p·C), patch_ids (B, L) int -> dict of representations:
     pre_norm / encoded / projected (B, P+L', D) with P = 1 if CLS; patches (B, L', D) = encoded
     patch tokens; cls (B, D) if CLS; blocks = every block's output; ids (B, L') the patch ids of
-    the tokens that survive `reduce` (L' = L without reduction)."""
+    the tokens that survive `reduce` (L' = L without reduction). `grid` = (gh, gw) when the
+    patches come from another grid than the training one (patch ids are then row·gw + col)."""
     x = PatchEmbed(self.width, self.dtype, name="embed")(patches).astype(jnp.float32)
     b = x.shape[0]
     if self.use_mask_token:
@@ -142,7 +154,7 @@ class Encoder(nn.Module):
       if token_mask is not None:  # BEiT-style: masked patches become the mask token, PE added after
         x = jnp.where(token_mask[..., None], mask_token.astype(x.dtype), x)
     if add_positions:
-      table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb)
+      table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb, grid)
       x = x + gather_positions(table, patch_ids, with_cls=False)
     prefix = 0
     if self.use_cls:
@@ -156,10 +168,11 @@ class Encoder(nn.Module):
     if reduce and key_mask is not None:
       raise ValueError("token reduction with padded (key-masked) tokens is not supported")
     ids, schedule = patch_ids, dict(reduce)
-    block = nn.remat(layers.Block) if self.remat else layers.Block
+    block = nn.remat(layers.Block, static_argnums=(3,)) if self.remat else layers.Block
     blocks = []
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, key_mask)
+      rate = self.drop_path * i / max(self.depth - 1, 1)
+      x = block(self.num_heads, self.mlp_ratio, self.dtype, rate, name=f"blocks_{i}")(x, key_mask, deterministic)
       if i in schedule:
         rk = None if reduce_key is None else jax.vmap(jax.random.fold_in, (0, None))(reduce_key, i)
         kept, ids = reduce_tokens(x[:, prefix:], ids, schedule[i], rk)
