@@ -19,7 +19,7 @@ def _quiet_libraries():
   tfds.disable_progress_bar()
 
 
-def _guard(fn):
+def guard(fn):
   _quiet_libraries()
   try:
     return fn()
@@ -36,7 +36,7 @@ def main_train(train_fn):
 
   def main(argv):
     del argv
-    _guard(lambda: train_fn(flags.FLAGS.config, flags.FLAGS.workdir))
+    guard(lambda: train_fn(flags.FLAGS.config, flags.FLAGS.workdir))
   app.run(main)
 
 
@@ -50,7 +50,7 @@ def main_benchmark(benchmark_fn, format_fn):
   def main(argv):
     del argv
     import json  # pylint: disable=import-outside-toplevel
-    result = _guard(lambda: benchmark_fn(flags.FLAGS.config, steps=flags.FLAGS.steps))
+    result = guard(lambda: benchmark_fn(flags.FLAGS.config, steps=flags.FLAGS.steps))
     print(json.dumps(result) if flags.FLAGS.json else format_fn(result))
   app.run(main)
 
@@ -67,7 +67,7 @@ def main_convert(convert_fn):
 
   def main(argv):
     del argv
-    out = _guard(lambda: convert_fn(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.workdir,
+    out = guard(lambda: convert_fn(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.workdir,
                                     encoder_only=flags.FLAGS.encoder_only))
     print(f"wrote {out}")
   app.run(main)

@@ -35,28 +35,55 @@ class LoadedEncoder:
   std: tuple
 
 
+@dataclasses.dataclass
+class Restored:
+  """What an evaluation needs from a checkpoint: the method, and only the items asked for."""
+  config: mlc.ConfigDict
+  meta: dict
+  method: Any
+  step: int
+  params: Any = None        # the full trainable tree ({'encoder', ...}) or {'encoder'} alone
+  ema_params: Any = None
+
+
+def restore(workdir: str, *, step: int | None = None, online: bool = True, ema: bool = False,
+            mesh=None) -> Restored:
+  """Restore the online and/or EMA weights of a workdir's checkpoint (latest, or `step`),
+  replicated on `mesh` (default: all devices). Raises one-line errors for a missing path, an
+  empty workdir, a missing step or a run without an EMA encoder."""
+  ckpt = Checkpointer(find_checkpoint_dir(workdir), create=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    meta = ckpt.restore_meta(step)
+    cfg = mlc.ConfigDict(meta["config"])
+    method = methods.get(cfg.method).build(cfg, meta["data"]["channels"])
+    mesh = mesh or sharding.make_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1)))
+    params, ema_tree = jax.eval_shape(method.init, jax.random.key(0))
+    if ema and ema_tree is None:
+      raise ConfigError("encoder", "ema", f"'online': method {cfg.method} (targets.mode="
+                        f"{cfg.get('targets', {}).get('mode', '-')}) keeps no EMA encoder")
+    if meta.get("source", {}).get("encoder_only"):
+      params = {"encoder": params["encoder"]}  # lmim.convert --encoder_only wrote just the encoder
+    repl = sharding.replicated(mesh)
+    as_abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), t)
+    items = {}
+    if online:
+      items["params"] = as_abstract(params)
+    if ema:
+      items["ema_params"] = as_abstract(ema_tree)
+    out = ckpt.restore(step, items)
+  finally:
+    ckpt.close()
+  return Restored(config=cfg, meta=meta, method=method, step=step, params=out.get("params"),
+                  ema_params=out.get("ema_params"))
+
+
 def load_encoder(workdir: str, *, step: int | None = None, which: str = "ema", mesh=None) -> LoadedEncoder:
   if which not in ("online", "ema"):
     raise ConfigError("which", which, "'online' (the trained encoder) or 'ema' (the momentum target)")
-  ckpt = Checkpointer(find_checkpoint_dir(workdir), create=False)
-  step = ckpt.latest_step() if step is None else step
-  meta = ckpt.restore_meta(step)
-  cfg = mlc.ConfigDict(meta["config"])
-  method = methods.get(cfg.method).build(cfg, meta["data"]["channels"])
-  mesh = mesh or sharding.make_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1)))
-  params, ema = jax.eval_shape(method.init, jax.random.key(0))
-  if which == "ema" and ema is None:
-    raise ConfigError("which", which, f"'online': method {cfg.method} (targets.mode="
-                      f"{cfg.get('targets', {}).get('mode', '-')}) keeps no EMA encoder")
-  item = "params" if which == "online" else "ema_params"
-  tree = params if which == "online" else ema
-  if item == "params" and meta.get("source", {}).get("encoder_only"):
-    tree = {"encoder": tree["encoder"]}  # lmim.convert --encoder_only wrote just the encoder
-  repl = sharding.replicated(mesh)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), tree)
-  restored = ckpt.restore(step, {item: abstract})[item]
-  ckpt.close()
-  enc_params = restored["encoder"] if which == "online" else restored
+  r = restore(workdir, step=step, online=which == "online", ema=which == "ema", mesh=mesh)
+  method = r.method
+  enc_params = r.params["encoder"] if which == "online" else r.ema_params
 
   def apply(p, images):
     out = method.encode(p, images)
@@ -66,6 +93,6 @@ def load_encoder(workdir: str, *, step: int | None = None, which: str = "ema", m
       reps["cls"] = out["cls"]
     return reps
 
-  return LoadedEncoder(params=enc_params, apply=apply, config=cfg, method=method, step=step,
+  return LoadedEncoder(params=enc_params, apply=apply, config=r.config, method=method, step=r.step,
                        which=which, image_size=method.eval_image_size,
-                       mean=tuple(meta["data"]["mean"]), std=tuple(meta["data"]["std"]))
+                       mean=tuple(r.meta["data"]["mean"]), std=tuple(r.meta["data"]["std"]))

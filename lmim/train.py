@@ -226,7 +226,12 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   total = cfg.total_steps
   stop = total if stop_after_steps is None else min(total, start_step + stop_after_steps)
   if start_step >= stop:
-    log.info("Nothing to do: the checkpoint is at step %d of %d.", start_step, total)
+    if start_step == 0:  # `stop_after_steps=0` on a fresh workdir: keep the initialisation as step 0
+      ckpt.save(0, {**state.items(), "host_state": host}, _meta(cfg, config, setup.info, 0), force=True)
+      ckpt.wait()
+      log.info("Saved the initial state as step 0.")
+    else:
+      log.info("Nothing to do: the checkpoint is at step %d of %d.", start_step, total)
     ckpt.close()
     writer.close()
     return {"step": start_step, "results": {}, "state": state}

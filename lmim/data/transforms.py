@@ -14,6 +14,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from lmim.data import augment
+
 
 def _to_pil(img: np.ndarray) -> Image.Image:
   return Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
@@ -154,3 +156,14 @@ def train_transform(img: np.ndarray, rng: np.random.Generator, *, size: int, mea
 def eval_transform(img: np.ndarray, *, size: int, mean, std, resize: str = "center_crop") -> np.ndarray:
   """Resize(int(size/0.875)) -> CenterCrop(size) (or `resize='full'`) -> normalise; float32 (S, S, C)."""
   return normalize(EVAL_RESIZES[resize](img, size), mean, std)
+
+
+def finetune_transform(img: np.ndarray, rng: np.random.Generator, *, size: int, mean, std, min_crop: float = 0.08,
+                       rand_augment: dict | None = None, erasing: float = 0.25) -> np.ndarray:
+  """MAE fine-tuning's train view: RandomResizedCrop(min_crop, 1) -> flip -> RandAugment ->
+  normalise -> random erasing; float32 (size, size, C)."""
+  img = horizontal_flip(random_resized_crop(img, size, rng, scale=(min_crop, 1.0)), rng)
+  if rand_augment:
+    img = augment.rand_augment(img, rng, mean=mean, **rand_augment)
+  out = normalize(img, mean, std)
+  return augment.random_erasing(out, rng, erasing) if erasing > 0 else out

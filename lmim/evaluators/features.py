@@ -61,12 +61,12 @@ def check_feature(feature: str, field: str = "feature", depth: int | None = None
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted(fn, mesh):
+def jitted(fn, mesh):
   return jax.jit(fn, out_shardings=sharding.replicated(mesh))
 
 
 @functools.lru_cache(maxsize=16)
-def _feature_fn(method, feature: str):
+def feature_fn(method, feature: str):
   def fn(params, images):
     return select(method.encode(params, images), feature).astype(jnp.float32)
   return fn
@@ -78,27 +78,27 @@ def extract(method, encoder_params, batches, mesh, feature: str = "pooled_pre_no
   `batches` yields process-local {'image', 'label', 'mask'}; padded rows (mask False) are
   dropped, so every process can run the same number of steps on a padded stream.
   """
-  return extract_fn(_feature_fn(method, check_feature(feature)), encoder_params, batches, mesh)
+  return extract_fn(feature_fn(method, check_feature(feature)), encoder_params, batches, mesh)
 
 
 def extract_fn(fn, params, batches, mesh):
   """Any `fn(params, images) -> (B, ...)` over an eval stream, sharded over the mesh -> host
   arrays (outputs, labels) without the padded rows. `fn` should be a stable function object
   (a method or module-level function) so its compilation is reused."""
-  jitted = _jitted(fn, mesh)
+  jitted_fn = jitted(fn, mesh)
   per_process = max(1, mesh.size // jax.process_count())
   outs, labels = [], []
   for batch in batches:
-    batch = _pad_rows({k: batch[k] for k in ("image", "label", "mask")}, per_process)
+    batch = pad_rows({k: batch[k] for k in ("image", "label", "mask")}, per_process)
     g = sharding.global_batch(batch, mesh)
-    out = jitted(params, g["image"])
-    keep = np.asarray(jax.device_get(_replicate(g["mask"], mesh)))
+    out = jitted_fn(params, g["image"])
+    keep = np.asarray(jax.device_get(replicate(g["mask"], mesh)))
     outs.append(np.asarray(jax.device_get(out))[keep])
-    labels.append(np.asarray(jax.device_get(_replicate(g["label"], mesh)))[keep])
+    labels.append(np.asarray(jax.device_get(replicate(g["label"], mesh)))[keep])
   return np.concatenate(outs), np.concatenate(labels)
 
 
-def _pad_rows(batch: dict, multiple: int) -> dict:
+def pad_rows(batch: dict, multiple: int) -> dict:
   """Pad a process-local batch with masked-out rows to a multiple of this process's devices."""
   n = len(batch["mask"])
   pad = -n % multiple
@@ -112,5 +112,6 @@ def _replicator(mesh):
   return jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))
 
 
-def _replicate(x, mesh):
+def replicate(x, mesh):
+  """A sharded array, replicated on every device (readable on every process)."""
   return _replicator(mesh)(x)

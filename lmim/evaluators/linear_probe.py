@@ -1,0 +1,153 @@
+"""Linear probe, MAE's recipe (spec methods §4b): BatchNorm without affine + one linear layer on
+frozen features, LARS, cosine schedule with linear warmup.
+
+    head      BN(D, affine=False, eps 1e-6) → Linear(D, C), weight ~ trunc-normal(0.01), bias 0
+    optimiser LARS (momentum 0.9, trust coefficient 0.001, weight decay 0; trust scaling and decay
+              only on the weight), lr = blr · batch / 256 (blr 0.1), 90 epochs, 10 warmup from 0
+    data      `augment=True`: MAE's train view (RandomResizedCrop(0.08, 1) + flip) encoded on the fly
+              every step; `augment=False`: features of the eval view extracted once and cached
+              (much cheaper, slightly different numbers — the choice is recorded with the result)
+Several learning rates are swept in the same pass: one head per rate on the same features (the
+BatchNorm statistics depend only on the features and are shared); every head's accuracy is
+reported, and the best.
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmim import data as lmim_data
+from lmim import sharding
+from lmim.errors import ConfigError
+from lmim.evaluators import common, features as feats_lib
+
+
+def lr_at(step, *, total: int, warmup: int):
+  """MAE's schedule as a factor of the peak: linear from 0 over `warmup`, half-cycle cosine to 0."""
+  step = jnp.asarray(step, jnp.float32)
+  warm = step / max(warmup, 1)
+  cos = 0.5 * (1.0 + jnp.cos(jnp.pi * (step - warmup) / max(total - warmup, 1)))
+  return jnp.where(step < warmup, warm, cos)
+
+
+def init_heads(key, num_heads: int, dim: int, num_classes: int):
+  w = jax.random.truncated_normal(key, -2.0, 2.0, (num_heads, dim, num_classes)) * 0.01
+  zeros = lambda *s: jnp.zeros(s, jnp.float32)
+  return dict(w=w, b=zeros(num_heads, num_classes), mw=jnp.zeros_like(w), mb=zeros(num_heads, num_classes),
+              mean=zeros(dim), var=jnp.ones((dim,), jnp.float32))
+
+
+def _bn(x, mean, var, eps):
+  return (x - mean) / jnp.sqrt(var + eps)
+
+
+@functools.partial(jax.jit, static_argnames=("eps", "momentum", "trust", "wd"), donate_argnums=(0,))
+def train_step(state, x, y, lrs, *, eps, momentum, trust, wd):
+  """One LARS step of every head on a batch of frozen features x (B, D), labels y (B,)."""
+  mu, var = x.mean(0), x.var(0)
+  xn = _bn(x, mu, var, eps)
+  n = x.shape[0]
+
+  def loss(w, b):
+    logits = jnp.einsum("bd,hdc->hbc", xn, w) + b[:, None]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, jnp.broadcast_to(y[None, :, None], logp.shape[:2] + (1,)), -1).mean(1).sum()
+
+  gw, gb = jax.grad(loss, argnums=(0, 1))(state["w"], state["b"])
+  dw = gw + wd * state["w"]
+  pn = jnp.linalg.norm(state["w"].reshape(len(lrs), -1), axis=1)
+  un = jnp.linalg.norm(dw.reshape(len(lrs), -1), axis=1)
+  q = jnp.where((pn > 0) & (un > 0), trust * pn / jnp.maximum(un, 1e-30), 1.0)
+  mw = momentum * state["mw"] + dw * q[:, None, None]
+  mb = momentum * state["mb"] + gb
+  return dict(w=state["w"] - lrs[:, None, None] * mw, b=state["b"] - lrs[:, None] * mb, mw=mw, mb=mb,
+              # torch BatchNorm1d: running stats with momentum 0.1 and the unbiased batch variance
+              mean=0.9 * state["mean"] + 0.1 * mu, var=0.9 * state["var"] + 0.1 * var * n / max(n - 1, 1))
+
+
+@functools.partial(jax.jit, static_argnames=("eps",))
+def predict(state, x, *, eps):
+  xn = _bn(x, state["mean"], state["var"], eps)
+  return jnp.argmax(jnp.einsum("bd,hdc->hbc", xn, state["w"]) + state["b"][:, None], axis=-1)
+
+
+def datasets(fields: dict) -> list:
+  d = fields["data"]
+  return [(d, fields.get("train_split", "train"), fields.get("data_dir")),
+          (d, fields["split"], fields.get("data_dir"))]
+
+
+class Evaluator:
+  def __init__(self, ctx, *, data: str, split: str, train_split: str = "train", data_dir=None,
+               mean=None, std=None, encoder: str = "online", feature: str = "cls", image_size=None,
+               resize: str = "center_crop", epochs: float = 90, warmup_epochs: float = 10,
+               batch_size: int = 16384, blrs=(0.1,), momentum: float = 0.9, weight_decay: float = 0.0,
+               trust_coefficient: float = 0.001, bn_eps: float = 1e-6, augment: bool = False,
+               min_crop: float = 0.08, extract_batch_size: int = 256, seed: int = 0):
+    p = f"evals.{ctx.name}"
+    self.blrs = tuple(float(b) for b in (blrs if isinstance(blrs, (tuple, list)) else (blrs,)))
+    if not self.blrs or min(self.blrs) <= 0:
+      raise ConfigError(f"{p}.blrs", blrs, "one or more base learning rates > 0")
+    if epochs <= 0 or not 0 <= warmup_epochs < epochs:
+      raise ConfigError(f"{p}.warmup_epochs", warmup_epochs, f"in [0, epochs={epochs})")
+    if batch_size < 1:
+      raise ConfigError(f"{p}.batch_size", batch_size, "must be >= 1")
+    self.ctx = ctx
+    self.spec = common.FeatureSpec(ctx, encoder=encoder, feature=feature, image_size=image_size,
+                                   resize=resize, batch_size=extract_batch_size)
+    if self.spec.feature.startswith("patch_tokens"):
+      raise ConfigError(f"{p}.feature", feature, "a pooled feature (cls, pooled, pooled_pre_norm, block<k>)")
+    self.train_src, self.train_info = common.open_split(ctx, data, train_split, data_dir, mean, std)
+    self.val_src, self.val_info = common.open_split(ctx, data, split, data_dir, mean, std)
+    self.epochs, self.warmup_epochs, self.batch_size = epochs, warmup_epochs, int(batch_size)
+    self.opt = dict(eps=float(bn_eps), momentum=float(momentum), trust=float(trust_coefficient),
+                    wd=float(weight_decay))
+    self.augment, self.min_crop, self.seed = augment, min_crop, seed
+
+  def _batches(self, state, steps: int, batch: int):
+    """(features, labels) per step: cached eval-view features, or train views encoded on the fly."""
+    if not self.augment:
+      x, y = self.spec.extract(state, self.train_src, self.train_info)
+      rng = np.random.default_rng(self.seed)
+      per_epoch = max(len(x) // batch, 1)
+      for step in range(steps):
+        if step % per_epoch == 0:
+          order = rng.permutation(len(x))
+        idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
+        yield jnp.asarray(x[idx]), jnp.asarray(y[idx])
+      return
+    method, mesh = self.ctx.method, self.ctx.mesh
+    encode = feats_lib.jitted(feats_lib.feature_fn(method, self.spec.feature), mesh)
+    stream = lmim_data.train_batches(
+        self.train_src, self.train_info, image_size=self.spec.image_size, global_batch=batch,
+        accum_steps=1, start_step=0, seed=self.seed, min_crop=self.min_crop, flip=True,
+        process_index=jax.process_index(), process_count=jax.process_count(), num_threads=4, prefetch=2)
+    params = self.spec.params(state)
+    for _ in range(steps):
+      local = next(stream)
+      g = sharding.global_batch({"image": local["image"][0], "label": local["label"][0]}, mesh)
+      yield encode(params, g["image"]), feats_lib.replicate(g["label"], mesh)
+
+  def run(self, state):
+    n = self.train_info.num_examples
+    batch = min(self.batch_size, n)
+    per_epoch = max(n // batch, 1)
+    total, warmup = int(math.ceil(self.epochs * per_epoch)), int(round(self.warmup_epochs * per_epoch))
+    lrs = jnp.asarray([b * batch / 256 for b in self.blrs], jnp.float32)
+    num_classes = self.train_info.num_classes
+    head = None
+    for step, (x, y) in enumerate(self._batches(state, total, batch)):
+      if head is None:
+        head = init_heads(jax.random.key(self.seed), len(self.blrs), x.shape[-1], num_classes)
+      head = train_step(head, x.astype(jnp.float32), y.astype(jnp.int32), lrs * lr_at(step, total=total, warmup=warmup),
+                        **self.opt)
+    xv, yv = self.spec.extract(state, self.val_src, self.val_info)
+    preds = np.asarray(predict(head, jnp.asarray(xv, jnp.float32), eps=self.opt["eps"]))
+    accs = [100.0 * float(np.mean(p == yv)) for p in preds]
+    for blr, acc in zip(self.blrs, accs):
+      yield f"top1_blr{blr:g}", acc
+    best = int(np.argmax(accs))
+    yield "top1", accs[best]
+    yield "best_blr", self.blrs[best]

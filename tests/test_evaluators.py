@@ -1,0 +1,223 @@
+"""Probing: NN / kNN / linear probe / fine-tuning, the evaluation runner, presets and bad input."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import eval as eval_presets
+from fixtures_lib import fixture_dirs, load
+from lmim import convert, evaluate, train
+from lmim.data import augment
+from lmim.errors import CheckpointError, ConfigError, DataNotPreparedError
+from lmim.evaluators import finetune, knn, linear_probe, nn_loo
+from tiny import tiny_config
+
+
+def clusters(n_per=40, classes=5, dim=16, seed=0, spread=0.05):
+  rng = np.random.default_rng(seed)
+  centres = rng.standard_normal((classes, dim))
+  x = np.concatenate([c + spread * rng.standard_normal((n_per, dim)) for c in centres]).astype(np.float32)
+  return x, np.repeat(np.arange(classes), n_per)
+
+
+def test_nn_and_knn_separate_clusters_and_fail_on_shuffled_labels():
+  x, y = clusters()
+  assert nn_loo.loo_1nn_accuracy(x, y) == 100.0
+  shuffled = np.random.default_rng(1).permutation(y)
+  assert nn_loo.loo_1nn_accuracy(x, shuffled) < 45.0
+  q, qy = clusters(n_per=10, seed=0)
+  preds = knn.knn_predict(q, x, y, 5, (1, 20), 0.07)
+  assert (preds[20] == qy).mean() == 1.0 and (preds[1] == qy).mean() == 1.0
+  preds = knn.knn_predict(q, x, shuffled, 5, (20,), 0.07)
+  assert (preds[20] == qy).mean() < 0.5
+
+
+def test_knn_chunking_does_not_change_neighbours():
+  rng = np.random.default_rng(0)
+  bank, q = rng.standard_normal((103, 8)).astype(np.float32), rng.standard_normal((9, 8)).astype(np.float32)
+  valid = jnp.ones(104, bool).at[103].set(False)
+  padded = jnp.concatenate([jnp.asarray(bank), jnp.zeros((1, 8))])
+  s_small, i_small = knn.topk_neighbours(jnp.asarray(q), padded, valid, 5, 8)
+  s_one, i_one = knn.topk_neighbours(jnp.asarray(q), padded, valid, 5, 104)
+  np.testing.assert_array_equal(i_small, i_one)
+  sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (bank / np.linalg.norm(bank, axis=1, keepdims=True)).T
+  np.testing.assert_array_equal(np.asarray(i_one), np.argsort(-sims, axis=1)[:, :5])
+
+
+def test_linear_probe_head_learns_separable_features_with_lars():
+  x, y = clusters(n_per=64, classes=4, dim=8)
+  state = linear_probe.init_heads(jax.random.key(0), 2, 8, 4)
+  lrs = jnp.asarray([0.01, 64.0])  # LARS moves the weight by ≈ lr·0.001 of its norm per step
+  for step in range(100):
+    idx = np.random.default_rng(step).permutation(len(x))[:64]
+    state = linear_probe.train_step(state, jnp.asarray(x[idx]), jnp.asarray(y[idx]), lrs,
+                                    eps=1e-6, momentum=0.9, trust=0.001, wd=0.0)
+  preds = np.asarray(linear_probe.predict(state, jnp.asarray(x), eps=1e-6))
+  assert (preds[1] == y).mean() > 0.95          # one head per lr, trained in the same pass
+  assert not np.array_equal(np.asarray(state["w"][0]), np.asarray(state["w"][1]))
+  assert np.all(np.asarray(state["var"]) > 0)   # running BatchNorm statistics were updated
+
+
+def test_finetune_pieces():
+  params = {"encoder": {"embed": {"proj": {"kernel": 0}}, "cls_token": 0, "blocks_0": {"x": 0},
+                        "blocks_1": {"x": 0}, "norm": {"scale": 0}}, "head": {"head": {"kernel": 0}}}
+  s = finetune.lr_scales(params, depth=2, decay=0.5)
+  assert s["encoder"]["embed"]["proj"]["kernel"] == 0.125 and s["encoder"]["blocks_0"]["x"] == 0.25
+  assert s["encoder"]["blocks_1"]["x"] == 0.5 and s["head"]["head"]["kernel"] == 1.0
+  assert not finetune.decays("encoder/cls_token", 3) and finetune.decays("encoder/blocks_0/mlp/fc1/kernel", 2)
+  imgs = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  labels = jnp.arange(4)
+  for key in range(5):
+    x, t = finetune.mix(jax.random.key(key), imgs, labels, 10, mixup=0.8, cutmix=1.0, switch=0.5, smoothing=0.1)
+    np.testing.assert_allclose(np.asarray(t.sum(-1)), 1.0, rtol=1e-5)
+    assert x.shape == imgs.shape and float(t.max()) <= 0.91 + 1e-6
+  x, t = finetune.mix(jax.random.key(0), imgs, labels, 10, mixup=0, cutmix=0, switch=0.5, smoothing=0.1)
+  np.testing.assert_array_equal(x, imgs)
+
+
+def test_rand_augment_and_erasing_are_seeded_and_shape_preserving():
+  img = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+  ra = augment.parse_rand_augment("rand-m9-mstd0.5-inc1")
+  assert ra == dict(magnitude=9.0, magnitude_std=0.5, num_layers=2, increasing=True)
+  outs = [augment.rand_augment(img, np.random.default_rng(s), **ra) for s in (0, 0, 1, 2, 3)]
+  assert all(o.shape == img.shape and o.dtype == np.uint8 for o in outs)
+  np.testing.assert_array_equal(outs[0], outs[1])
+  assert any(not np.array_equal(outs[0], o) for o in outs[2:])
+  x = np.zeros((32, 32, 3), np.float32)
+  erased = [augment.random_erasing(x, np.random.default_rng(s), 1.0) for s in range(5)]
+  for e in erased:
+    frac = (e != 0).any(-1).mean()
+    assert 0.01 < frac < 0.4
+  with pytest.raises(ValueError, match="unknown RandAugment option"):
+    augment.parse_rand_augment("rand-m9-zz3")
+
+
+# End to end on checkpoints ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A briefly pretrained tiny Latent MIM on the embedded data, and the same model untrained."""
+  root = tmp_path_factory.mktemp("eval")
+  cfg = lambda steps: tiny_config(**{
+      "model.width": 64, "model.num_heads": 4, "model.depth": 2, "model.grid_size": 7,
+      "model.projector.dim": 128, "model.decoder.width": 32, "views.num_vis": 10, "batch_size": 64,
+      "sim_reg.group_size": 32, "optim.blr": 5e-3, "total_steps": steps, "warmup_steps": 10,
+      "checkpoint.every_steps": steps, "mesh.data": 1})
+  train.train(cfg(600), str(root / "trained"), devices=jax.devices()[:1])
+  train.train(cfg(600), str(root / "init"), devices=jax.devices()[:1], stop_after_steps=0)
+  return root
+
+
+def demo_evals(split="test[:300]", train_split="train[:1500]"):
+  m = dict(data="mnist5k", encoder="online", feature="cls")
+  return {"nn": dict(type="nn_loo", split=split, batch_size=100, **m),
+          "knn": dict(type="knn", split=split, train_split=train_split, k=(20,), batch_size=100, **m),
+          "linear": dict(type="linear_probe", split=split, train_split=train_split, epochs=50, warmup_epochs=5,
+                         batch_size=256, blrs=(10.0, 100.0), **m)}
+
+
+def eval_config(evals, data=-1):
+  c = mlc.ConfigDict()
+  c.mesh = dict(data=data, fsdp=1)
+  c.evals = evals
+  return c
+
+
+def test_pretraining_beats_initialisation_on_every_probe(trained):
+  done = evaluate.evaluate(eval_config(demo_evals()), str(trained / "trained"))["metrics"]
+  init = evaluate.evaluate(eval_config(demo_evals()), str(trained / "init"))["metrics"]
+  assert done["linear/top1"] > init["linear/top1"] + 5, (done, init)
+  assert done["nn/top1"] > init["nn/top1"] and done["knn/top1_k20"] > init["knn/top1_k20"]
+
+
+def test_results_on_one_and_eight_devices_match(trained):
+  evals = demo_evals(split="test[:101]", train_split="train[:203]")  # odd sizes: padding must not count
+  one = evaluate.evaluate(eval_config(evals), str(trained / "trained"), devices=jax.devices()[:1])
+  eight = evaluate.evaluate(eval_config(evals), str(trained / "trained"), devices=jax.devices())
+  for key, value in one["metrics"].items():
+    assert eight["metrics"][key] == pytest.approx(value, abs=1e-6), key
+  saved = json.loads(open(eight["path"]).read())
+  assert saved["checkpoint_step"] == 600 and set(saved["metrics"]) == set(one["metrics"])
+
+
+def test_finetune_runs_sharded_and_learns(trained):
+  base = dict(type="finetune", data="mnist5k", split="test[:200]", train_split="train[:1024]", warmup_epochs=1,
+              batch_size=64, eval_batch_size=100, num_threads=2)
+  evals = {"plain": dict(base, epochs=6, blr=1e-2, mixup=0.0, cutmix=0.0, rand_augment="", random_erasing=0.0,
+                         drop_path=0.0, min_crop=0.5),
+           "recipe": dict(base, epochs=2, blr=2e-3)}      # MAE's full augmentation, drop path 0.1
+  m = evaluate.evaluate(eval_config(evals), str(trained / "trained"))["metrics"]
+  assert m["plain/top1"] > 40.0 and m["plain/top5"] >= m["plain/top1"]    # chance: 10%
+  assert 0.0 <= m["recipe/top1"] <= 100.0 and np.isfinite(m["recipe/train_loss_last_epoch"])
+
+
+def test_official_fixture_checkpoint_evaluates_on_mock_tfds_data(tmp_path):
+  hp, sd, _, _ = load(fixture_dirs("official_lmim")[0])
+  np.savez(tmp_path / "official.npz", **sd)
+  convert.convert_checkpoint(convert.config_from_official(hp), str(tmp_path / "official.npz"), str(tmp_path / "wd"))
+  with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
+    evals = {"nn": dict(type="nn_loo", data="cifar10", split="test", batch_size=8, encoder="ema"),
+             "knn": dict(type="knn", data="cifar10", split="test", train_split="train", k=(3,), batch_size=8,
+                         feature="cls")}
+    m = evaluate.evaluate(eval_config(evals), str(tmp_path / "wd"))["metrics"]
+  assert 0 <= m["nn/top1"] <= 100 and 0 <= m["knn/top1_k3"] <= 100
+
+
+def test_preflight_lists_prepared_and_missing_datasets(tmp_path):
+  cfg = eval_config({"nn": dict(type="nn_loo", data="mnist5k", split="test"),
+                     "lp": dict(type="linear_probe", data="imagenet2012", split="validation",
+                                data_dir=str(tmp_path))})
+  rows = evaluate.preflight(cfg)
+  assert sorted((r["eval"], r["split"], r["ok"]) for r in rows) == [
+      ("lp", "train", False), ("lp", "validation", False), ("nn", "test", True)]
+  assert all("tfds build imagenet2012" in r["status"] for r in rows if not r["ok"])
+  text = evaluate.format_preflight(rows)
+  assert "MISSING" in text and "ready (1000 examples)" in text
+
+
+def test_presets_build(tmp_path):
+  for preset in ("official_nn", "dino_knn", "mae_linear", "mae_finetune", "dino_davis", "fewshot", "collapse",
+                 "pictures", "all", "demo"):
+    cfg = eval_presets.get_config(f"preset={preset}")
+    assert len(cfg.evals) >= 1
+  c = eval_presets.get_config("preset=mae_linear").evals.mae_linear
+  assert (c.feature, c.blrs, c.batch_size, c.epochs, c.warmup_epochs, c.min_crop) == ("cls", (0.1,), 16384, 90, 10, 0.08)
+  with pytest.raises(ConfigError, match="preset"):
+    eval_presets.get_config("preset=nope")
+
+
+BAD = [
+    ({"feature": "block9"}, "evals.nn.feature", "block index in [1, 2]"),
+    ({"feature": "banana"}, "evals.nn.feature", "one of"),
+    ({"image_size": 30}, "evals.nn.image_size", "a multiple of the patch size 4"),
+    ({"encoder": "teacher"}, "evals.nn.encoder", "'online' or 'ema'"),
+]
+
+
+@pytest.mark.parametrize("fields,field,valid", BAD, ids=[b[1] + str(list(b[0].values())) for b in BAD])
+def test_bad_evaluator_fields_are_one_line(trained, fields, field, valid):
+  evals = {"nn": dict(type="nn_loo", data="mnist5k", split="test[:50]", **fields)}
+  with pytest.raises(ConfigError) as e:
+    evaluate.evaluate(eval_config(evals), str(trained / "trained"))
+  assert "\n" not in str(e.value) and str(e.value).startswith(f"config.{field}=") and valid in str(e.value)
+
+
+def test_bad_paths_and_unprepared_data(trained, tmp_path):
+  evals = {"nn": dict(type="nn_loo", data="mnist5k", split="test[:50]")}
+  with pytest.raises(CheckpointError, match="does not exist"):
+    evaluate.evaluate(eval_config(evals), str(tmp_path / "nowhere"))
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(CheckpointError, match="holds no lmim checkpoint"):
+    evaluate.evaluate(eval_config(evals), str(tmp_path / "empty"))
+  missing = {"nn": dict(type="nn_loo", data="imagenet2012", split="validation", data_dir=str(tmp_path))}
+  with pytest.raises(DataNotPreparedError, match="tfds build imagenet2012"):
+    evaluate.evaluate(eval_config(missing), str(trained / "trained"))
+  unknown = {"nn": dict(type="nn_loo", data="mnist5k", split="test", colour="blue")}
+  with pytest.raises(ConfigError, match="not a field of 'nn_loo'"):
+    evaluate.evaluate(eval_config(unknown), str(trained / "trained"))
