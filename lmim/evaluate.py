@@ -40,8 +40,12 @@ def preflight(config) -> list[dict]:
     module = evaluators.module_for(name, ev)
     for d, split, data_dir in module.datasets(evaluators.fields_of(ev)):
       try:
-        _, info = data.open_source(d, split, data_dir, config_prefix=f"evals.{name}")
-        status = f"ready ({info.num_examples} examples)"
+        opener = getattr(module, "open_videos", None)  # video evaluators read their own data
+        if opener is not None:
+          status = f"ready ({len(opener(d, split, data_dir, f'evals.{name}'))} examples)"
+        else:
+          _, info = data.open_source(d, split, data_dir, config_prefix=f"evals.{name}")
+          status = f"ready ({info.num_examples} examples)"
         ok = True
       except LmimError as e:
         status, ok = str(e), False
@@ -109,9 +113,11 @@ def main(argv=None):
   flags.DEFINE_string("workdir", None, "An lmim workdir (or a converted official checkpoint).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_bool("check", False, "Only list each evaluator's datasets and whether they are prepared.")
+  cli.define_distributed_flags()
   flags.mark_flags_as_required(["workdir"])
 
   def run(_):
+    cli.initialize_distributed()
     cfg = flags.FLAGS.config
     if flags.FLAGS.check:
       rows = cli.guard(lambda: preflight(cfg))
