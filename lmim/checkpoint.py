@@ -20,6 +20,7 @@ Every process of a multi-host job must make the same calls; Orbax decides which 
 """
 import json
 import os
+import re
 from typing import Any
 
 from etils import epath
@@ -28,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
-from lmim.errors import CheckpointError
+from lmim.errors import CheckpointError, CheckpointReadError, CheckpointWriteError
 from lmim.train_state import CHECKPOINT_ITEMS
 
 META_ITEM = "meta"
@@ -99,6 +100,31 @@ def tree_diff(expected, saved) -> tuple[list[str], list[str], list[str]]:
   mismatched = [f"{k} (saved {s[k][0]} {s[k][1]}, expected {e[k][0]} {e[k][1]})"
                 for k in sorted(set(e) & set(s)) if e[k] != s[k]]
   return missing, extra, mismatched
+
+
+def write_failure_reason(err: BaseException) -> str:
+  """Why a write failed, in words: the OS error of the chain (TensorStore reports it as
+  `[os_error_code='28']` inside a ValueError), else the first line of the message."""
+  cause = err
+  while cause is not None:
+    if isinstance(cause, OSError) and cause.errno:
+      return f"{os.strerror(cause.errno)} ({cause.filename})" if cause.filename else os.strerror(cause.errno)
+    m = re.search(r"os_error_code='?(\d+)", str(cause))
+    if m:
+      path = re.search(r'Failed writing: "([^"]+)"', str(cause))
+      return os.strerror(int(m.group(1))) + (f" ({path.group(1)})" if path else "")
+    cause = cause.__cause__ or cause.__context__
+  return _first_line(err)
+
+
+def _write_failure(err: BaseException, directory: str) -> CheckpointWriteError:
+  reason = write_failure_reason(err)
+  return CheckpointWriteError(f"writing a checkpoint in {directory} failed: {reason}", reason)
+
+
+def _first_line(err: Exception) -> str:
+  text = str(err).strip()
+  return text.splitlines()[0] if text else type(err).__name__
 
 
 def _listing(names: list[str]) -> str:
@@ -340,16 +366,42 @@ class Checkpointer:
     except ocp.checkpoint_manager.StepAlreadyExistsError as e:
       raise CheckpointError(f"{self.directory} already holds step {step}; a saved step is never "
                             "overwritten (resume from it, or use another workdir)") from e
+    except Exception as e:  # this save, or the previous asynchronous one, failed to write
+      raise _write_failure(e, self.directory) from e
 
   def wait(self) -> None:
     """Blocks until every started save is committed: before exit, reading back, or on preemption."""
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:
+      raise _write_failure(e, self.directory) from e
 
   def close(self) -> None:
     """Waits for pending saves and releases Orbax's threads; safe to call twice."""
     if not self._closed:
-      self._mngr.close()
       self._closed = True
+      try:
+        self._mngr.close()
+      except Exception as e:
+        raise _write_failure(e, self.directory) from e
+
+  def quarantine(self, step: int) -> str:
+    """Moves an unreadable step aside as `corrupt-<step>` (kept for a post-mortem, never deleted),
+    so that later saves can reuse the step number. Process 0 renames; every process must call
+    this, and every process then sees the step gone. Returns the new path."""
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.directory, f"corrupt-{step}")
+    n = 1
+    while epath.Path(dst).exists():
+      dst, n = os.path.join(self.directory, f"corrupt-{step}.{n}"), n + 1
+    if jax.process_index() == 0:
+      epath.Path(src).rename(dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"lmim_quarantine_{step}")
+    self._metadata.pop(int(step), None)
+    self._mngr.reload()
+    return dst
 
   # Restore --------------------------------------------------------------------------------------
 
@@ -360,7 +412,10 @@ class Checkpointer:
       raise CheckpointError(f"{self.directory} step {step} has no '{META_ITEM}' item; it was not "
                             "written by lmim")
     args = ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
-    return self._mngr.restore(step, args=args)[META_ITEM]
+    try:
+      return self._mngr.restore(step, args=args)[META_ITEM]
+    except Exception as e:  # a truncated or garbled JSON file: unreadable, not incompatible
+      raise CheckpointReadError(f"could not read step {step} of {self.directory}: {_first_line(e)}") from e
 
   def restore(self, step: int | None, abstract: dict[str, Any]) -> dict[str, Any]:
     """Strictly restores the items in `abstract` onto the shardings their leaves carry.
@@ -404,9 +459,8 @@ class Checkpointer:
     args = {k: ocp.args.StandardRestore(v) for k, v in abstract.items()}
     try:
       restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
-    except (ValueError, TypeError, OSError) as e:
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise CheckpointError(f"could not read step {step} of {self.directory}: {first}") from e
+    except Exception as e:  # TensorStore/OCDBT errors on truncated or corrupt files
+      raise CheckpointReadError(f"could not read step {step} of {self.directory}: {_first_line(e)}") from e
     return {k: restored[k] for k in abstract}
 
   # Internals ------------------------------------------------------------------------------------
@@ -414,7 +468,11 @@ class Checkpointer:
   def _item_metadata(self, step: int):
     # A committed step never changes, so its metadata is read once (save() drops the entry).
     if step not in self._metadata:
-      self._metadata[step] = self._mngr.item_metadata(step)
+      try:
+        self._metadata[step] = self._mngr.item_metadata(step)
+      except Exception as e:  # a corrupt _METADATA / _CHECKPOINT_METADATA file
+        raise CheckpointReadError(f"could not read the metadata of step {step} of {self.directory}: "
+                                  f"{_first_line(e)}") from e
     return self._metadata[step]
 
   def _resolve(self, step: int | None) -> int:

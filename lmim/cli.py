@@ -28,14 +28,32 @@ def guard(fn):
     sys.exit(2)
 
 
+def define_distributed_flags():
+  """Explicit multi-host settings (else the environment decides; see lmim.distributed)."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+
+
+def initialize_distributed():
+  from lmim import distributed  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+  return guard(lambda: distributed.initialize(f.coordinator_address, f.num_processes, f.process_id))
+
+
 def main_train(train_fn):
-  """python -m lmim.train --config configs/x.py[:arg] --workdir DIR [--config.a.b=v ...]"""
+  """python -m lmim.train --config configs/x.py[:arg] --workdir DIR [--config.a.b=v ...]
+
+  Exits 0 when training ends or is preempted (after saving), 2 on bad input (one line).
+  """
   config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+  define_distributed_flags()
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
     del argv
+    initialize_distributed()  # before anything asks JAX for devices
     guard(lambda: train_fn(flags.FLAGS.config, flags.FLAGS.workdir))
   app.run(main)
 

@@ -13,7 +13,10 @@ from lmim.errors import ConfigError
 
 # Fields that may change when a run is resumed: they do not change what is being trained.
 RESUMABLE_FIELDS = ("log_every_steps", "checkpoint", "evals", "mesh", "fsdp_min_size_mb",
-                    "input.data_dir", "input.num_threads", "input.prefetch", "model.remat")
+                    "input.data_dir", "input.num_threads", "input.prefetch", "model.remat", "debug")
+# Rematerialisation policies (model.remat): what a block keeps from the forward pass for the
+# backward pass; everything else is recomputed. Numerics are unchanged (tests/test_scale.py).
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
@@ -31,7 +34,10 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
       freeze_pe=True,          # frozen sin-cos table (official default)
       posemb="lmim",           # sin-cos coordinates: 'lmim' (official Latent MIM) or 'mae'
       dtype="float32",         # matmul dtype; 'bfloat16' for speed on TPU/GPU (softmax, LN, loss stay f32)
-      remat=False,             # rematerialise blocks in the backward pass (memory for compute)
+      remat="none",            # per-block rematerialisation: 'none', 'full' (keep only block inputs),
+                               # 'dots' (keep matmul outputs), 'dots_no_batch' (keep weight-only matmuls)
+      scan_layers=False,       # encoder blocks as one lax.scan over stacked weights: compile time and
+                               # code size independent of depth (weights saved as blocks/<leaf>[depth])
       projector=dict(dim=4096, depth=3),
       decoder=dict(type="cross", width=512, depth=3, num_heads=16, visual_cues=True),
   ))
@@ -72,8 +78,22 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
       keep_every_epochs=mlc.FieldReference(50.0, field_type=float),
       async_save=True,
   ))
+  # Testing switches (may change on resume): nan_at_step poisons that step's loss and gradients,
+  # to exercise the non-finite stop (tests/test_faults.py).
+  c.debug = mlc.ConfigDict(dict(nan_at_step=mlc.FieldReference(None, field_type=int)))
   methods.get(method).add_config(c)
   return c
+
+
+def remat_policy(value) -> str:
+  """model.remat -> one of REMAT_POLICIES (True/False are accepted as 'full'/'none')."""
+  if value is True:
+    return "full"
+  if value is False or value is None:
+    return "none"
+  if value not in REMAT_POLICIES:
+    raise ConfigError("model.remat", value, f"one of {list(REMAT_POLICIES)} (or True/False)")
+  return value
 
 
 def nn_eval(data: str = "imagenet2012", split: str = "validation", every_epochs: float | None = 10.0,
@@ -177,6 +197,10 @@ def validate_run(config, num_devices: int) -> None:
   for k in ("b1", "b2"):
     if not 0 <= config.optim[k] < 1:
       raise ConfigError(f"optim.{k}", config.optim[k], "must be in [0, 1)")
+  remat_policy(config.model.get("remat", "none"))
+  nan_at = config.get("debug", {}).get("nan_at_step")
+  if nan_at is not None and nan_at < 1:
+    raise ConfigError("debug.nan_at_step", nan_at, "a step >= 1 (the step whose loss becomes NaN) or None")
   data, fsdp = mesh_shape(config.mesh, num_devices)
   dp = data * fsdp
   if config.batch_size % (dp * config.accum_steps):
@@ -207,8 +231,11 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:
   return data, fsdp
 
 
-def diff_configs(saved: dict, current: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
-  """Dotted fields whose values differ, skipping those that may change across a resume."""
+def diff_configs(saved: dict, current: dict, ignore=RESUMABLE_FIELDS, defaults: dict | None = None) -> list[str]:
+  """Dotted fields whose values differ, skipping those that may change across a resume.
+
+  A field the checkpoint predates (absent from `saved`) counts as equal when the current value
+  is its default in `defaults`: adding a config switch does not orphan older checkpoints."""
   def flat(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -219,6 +246,9 @@ def diff_configs(saved: dict, current: dict, ignore=RESUMABLE_FIELDS) -> list[st
         out[key] = list(v) if isinstance(v, tuple) else v
     return out
   a, b = flat(saved), flat(current)
+  for k, v in flat(defaults or {}).items():
+    if k not in a and k in b and _same(b[k], list(v) if isinstance(v, tuple) else v):
+      a[k] = b[k]
   skip = lambda k: any(k == f or k.startswith(f + ".") for f in ignore)
   return [f"{k}: checkpoint={a.get(k, '<absent>')!r} now={b.get(k, '<absent>')!r}"
           for k in sorted(set(a) | set(b)) if not skip(k) and not _same(a.get(k, "<absent>"), b.get(k, "<absent>"))]

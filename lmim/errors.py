@@ -23,3 +23,24 @@ class DataNotPreparedError(LmimError):
 
 class CheckpointError(LmimError):
   """A checkpoint is missing, incompatible with the config, or does not match the expected tree."""
+
+
+class CheckpointReadError(CheckpointError):
+  """A saved step exists but cannot be read (truncated or corrupt files): not an incompatibility."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """Writing a checkpoint failed (full disk, quota, permissions); `reason` says why in words."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+class WorkdirError(LmimError):
+  """The workdir cannot be written (permissions, a read-only or full filesystem, a host-local path
+  in a multi-host job)."""
+
+
+class NonFiniteError(LmimError):
+  """Training produced a NaN or Inf; the message names the step and the quantity."""

@@ -26,9 +26,16 @@ def official_decay(name: str, ndim: int) -> bool:
   return ndim > 1 and not any(s in name for s in ("bias", "norm", "embed"))
 
 
+def layer_ndim(name: str, ndim: int) -> int:
+  """A leaf's rank as one layer sees it: weights of scanned blocks (`.../blocks/...`, stacked
+  along a leading depth axis by model.scan_layers) have one dimension more than a layer's."""
+  return ndim - 1 if "blocks" in name.split("/") else ndim
+
+
 def decay_mask(params, rule=official_decay):
-  """Bool tree: which parameters get weight decay."""
-  return jax.tree_util.tree_map_with_path(lambda p, x: rule(path_name(p), x.ndim), params)
+  """Bool tree: which parameters get weight decay (the same with and without scan_layers)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: rule(path_name(p), layer_ndim(path_name(p), x.ndim)), params)
 
 
 def make(optim_cfg, *, peak_lr: float, total_steps: float, warmup_steps: float,

@@ -70,3 +70,14 @@ def global_batch(local: dict, mesh: Mesh, batch_axis: int = 0) -> dict:
   """
   sharding = batch_sharding(mesh, batch_axis)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Host values that are identical on every process -> arrays replicated over the whole mesh.
+
+  `jax.device_put` onto a sharding that spans other processes' devices is refused in a
+  multi-process job; each process supplies its own (identical) copy instead.
+  """
+  repl = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), repl, lambda _: np.asarray(x)),
+                      jax.device_get(tree))

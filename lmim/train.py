@@ -14,6 +14,8 @@ import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -21,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmim import config_lib, data, evaluators, methods, optim, schedules, sharding, views
+from lmim import config_lib, data, distributed, evaluators, methods, optim, schedules, sharding, views
 from lmim.checkpoint import Checkpointer
-from lmim.errors import CheckpointError
+from lmim.checkpoint import write_failure_reason
+from lmim.errors import CheckpointError, CheckpointReadError, CheckpointWriteError, NonFiniteError, WorkdirError
 from lmim.metrics_writer import MetricWriter, format_line, read_jsonl
 from lmim.train_state import TrainState
 
@@ -85,7 +88,7 @@ def build(config, info, devices=None, source=None) -> Setup:
   init_key, step_key = jax.random.split(jax.random.key(cfg.seed))
   repl = sharding.replicated(mesh)
   # Keys live on the mesh from the start, so the loop never moves them (transfer guard).
-  init_key, step_key = jax.device_put((init_key, step_key), repl)
+  init_key, step_key = jax.jit(lambda a, b: (a, b), out_shardings=(repl, repl))(init_key, step_key)
 
   def init(key):
     params, ema_params = method.init(key)
@@ -133,6 +136,10 @@ def build(config, info, devices=None, source=None) -> Setup:
       # Official accumulation: each micro-batch loss is divided by accum_steps, grads summed.
       grads = jax.tree.map(lambda g: g / cfg.accum_steps, grads)
       metrics = jax.tree.map(lambda m: m.mean(axis=0), metrics)
+    if cfg.debug.nan_at_step is not None:  # testing switch: poison this step's loss and gradients
+      poison = jnp.where(step + 1 == cfg.debug.nan_at_step, jnp.nan, 0.0)
+      grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
+      metrics["loss"] = metrics["loss"] + poison
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(grad_norm=optax.tree.norm(grads), lr=lr_fn(step))
@@ -180,6 +187,8 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   ########################################################################################
   # Logging.
   ########################################################################################
+  check_workdir(workdir)
+  distributed.preflight(workdir)  # multi-host: same code everywhere, one shared workdir
   _setup_logging(workdir)
   setup = prepare(config, devices)
   cfg, method, mesh = setup.config, setup.method, setup.mesh
@@ -191,14 +200,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=cfg.checkpoint.keep_last,
                       keep_every_steps=cfg.checkpoint.keep_every_steps,
                       async_save=cfg.checkpoint.async_save)
-  start_step = ckpt.latest_step() or 0
-  if start_step:
-    saved = ckpt.restore_meta(start_step)
-    diffs = config_lib.diff_configs(saved["config"], cfg.to_dict())
-    if diffs:
-      raise CheckpointError(f"{workdir} holds a checkpoint (step {start_step}) of a different config; "
-                            f"refusing to resume. Use another --workdir, or restore these fields: "
-                            + "; ".join(diffs))
+  start_step, restored = _restore_latest_good(ckpt, setup, workdir)
   writer = MetricWriter(workdir)
   if not start_step:
     _write_config(workdir, config, cfg)
@@ -209,12 +211,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   # Host-side method state (CMAE's ContrastiveCrop boxes): numpy, replicated, checkpointed.
   host = method.host_state_init(setup.info.num_examples) if hasattr(method, "host_state_init") else None
   if start_step:  # restored straight into the target shardings; nothing is initialised first
-    items = abstract_items(setup)
-    if host is not None:
-      repl = sharding.replicated(mesh)
-      items["host_state"] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), host)
-    restored = ckpt.restore(start_step, items)
-    state = TrainState(step=jax.device_put(jnp.int32(start_step), sharding.replicated(mesh)), **{
+    state = TrainState(step=sharding.put_replicated(np.int32(start_step), mesh), **{
         k: restored.get(k) for k in ("params", "ema_params", "opt_state")})
     if host is not None:
       host = jax.tree.map(np.asarray, jax.device_get(restored["host_state"]))
@@ -251,26 +248,56 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   results = {}
   if start_step == 0:
     results.update(_run_evals(evals, cfg, state, 0, writer, at_init=True))
+  preemption = PreemptionWatch()
+  try:
+    state, results, stop = _loop(setup, ckpt, writer, evals, config, state, batches, first, host,
+                                 start_step, stop, results, compiled, preemption)
+  except (OSError, CheckpointWriteError) as e:  # a failing save or log write: what is intact
+    raise _write_error(e, workdir, ckpt) from e
+  finally:
+    preemption.restore()
+    try:
+      ckpt.close()  # waits for a save in flight: an earlier good step is never left half-written
+    except CheckpointWriteError:
+      pass  # already reported by the save that failed
+    writer.close()
+  if stop == total and jax.process_index() == 0:
+    _report(workdir, results)
+  return {"step": stop, "results": results, "state": state, "preempted": preemption.stopped_at is not None}
+
+
+def _loop(setup, ckpt, writer, evals, config, state, batches, first, host, start_step, stop, results,
+          compiled, preemption):
+  """The training loop proper; returns (state, eval results, the step it stopped at)."""
+  cfg, method, mesh = setup.config, setup.method, setup.mesh
+  total = cfg.total_steps
   pending, t_last, step_last = [], time.perf_counter(), start_step
   local = first
   for step in range(start_step, stop):
     if local is None:
       local = next(batches)
-    with jax.transfer_guard("disallow"):  # no implicit host<->device copies inside the loop
-      batch = device_batch(setup, local)
+    batch = device_batch(setup, local)  # the one explicit host->device copy per step
+    with jax.transfer_guard("disallow"):  # no implicit host<->device copies in the step
       state, metrics = compiled(state, batch, setup.step_key)
     local = None
     pending.append(metrics)
     done = step + 1
-    if done % cfg.log_every_steps == 0 or done == stop:
+    # Host-side only: a signal flag, or on TPU pods Orbax's agreed preemption step (all hosts).
+    preempted = preemption.requested or ckpt.reached_preemption(done)
+    save_due = done == stop or preempted or bool(
+        (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) or
+        (cfg.checkpoint.keep_every_steps and done % cfg.checkpoint.keep_every_steps == 0))
+    due = [n for n, ev in cfg.evals.items() if done == total or (ev.every_steps and done % ev.every_steps == 0)]
+    # Metrics are fetched (the only host sync) at log steps and before anything is saved or
+    # evaluated, so a NaN is caught before it can reach a checkpoint.
+    if done % cfg.log_every_steps == 0 or save_due or due:
       now = time.perf_counter()
-      summary = _summarise(jax.device_get(pending), done, cfg, now - t_last, done - step_last, stop)
+      rows = jax.device_get(pending)
+      check_finite(rows, done - len(rows) + 1, ckpt)
+      summary = _summarise(rows, done, cfg, now - t_last, done - step_last, stop)
       pending, t_last, step_last = [], now, done
       writer.write_scalars(done, summary)
       log.info(format_line(done, total, summary))
-      if not np.isfinite(summary["loss"]):
-        raise FloatingPointError(f"loss is {summary['loss']} at step {done}; the last checkpoint "
-                                 f"(step {ckpt.latest_step()}) is intact")
       warning = collapse_warning(summary, done)
       if warning:
         log.warning(warning)
@@ -280,19 +307,113 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
       batches, local = iter(train_batches(setup, done, host)), None  # the stream with the new state
       log.info("Refreshed the method's host state at step %d (%.1f s).", done, time.perf_counter() - t0)
       t_last = time.perf_counter()
-    if done == stop or (cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0) or (
-        cfg.checkpoint.keep_every_steps and done % cfg.checkpoint.keep_every_steps == 0):
+    if save_due:
       ckpt.save(done, {**state.items(), "host_state": host}, _meta(cfg, config, setup.info, done), force=True)
-    due = [n for n, ev in cfg.evals.items() if done == total or (ev.every_steps and done % ev.every_steps == 0)]
+    if preempted:
+      ckpt.wait()
+      preemption.stopped_at = done
+      log.warning("Preempted: saved step %d of %d and stopping; rerun the same command to resume.", done, total)
+      return state, results, done
     if due:
       results.update(_run_evals({n: evals[n] for n in due}, cfg, state, done, writer))
       t_last = time.perf_counter()  # evals do not count against images/s
   ckpt.wait()
-  ckpt.close()
-  if stop == total and jax.process_index() == 0:
-    _report(workdir, results)
-  writer.close()
-  return {"step": stop, "results": results, "state": state}
+  return state, results, stop
+
+
+# Faults --------------------------------------------------------------------------------------
+
+class PreemptionWatch:
+  """SIGTERM (what a preemptible VM, SLURM's time limit or `kill` sends) -> stop at the next step
+  boundary after saving it. In a multi-process job JAX's own preemption service owns SIGTERM and
+  agrees a step across hosts (Checkpointer.reached_preemption); this handler is for one process."""
+
+  def __init__(self):
+    self.requested, self.stopped_at, self._previous = False, None, None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = True
+    log.warning("Received signal %d: saving at the end of this step.", signum)
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def check_finite(rows: list, first_step: int, ckpt) -> None:
+  """Stop on the first step whose loss or gradient norm is NaN/Inf, naming the step and quantity.
+
+  Called before anything is saved, so the non-finite state never reaches a checkpoint; saves
+  already in flight (of good steps) are completed first so the message names the last one."""
+  for i, row in enumerate(rows):
+    for key, what in (("loss", "the loss"), ("grad_norm", "the gradient norm")):
+      value = float(row.get(key, 0.0))
+      if not np.isfinite(value):
+        ckpt.wait()
+        last = ckpt.latest_step()
+        kept = f"the last checkpoint (step {last}) is intact" if last is not None else "no checkpoint was written"
+        raise NonFiniteError(f"training stopped: {what} is {value} at step {first_step + i}; {kept}. "
+                             "Lower optim.blr, set optim.grad_clip_norm, or use model.dtype='float32'")
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir must be writable before anything is built (a one-line error otherwise)."""
+  if "://" in workdir:
+    return  # object stores: Orbax and tf.io report permission problems at the first write
+  probe = os.path.join(workdir, f".lmim_write_test.{jax.process_index()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir} is not writable: {e.strerror or e} "
+                       f"({getattr(e, 'filename', None) or workdir})") from None
+
+
+def _write_error(e: BaseException, workdir: str, ckpt) -> WorkdirError:
+  """A failed write (full disk, quota, permissions) as one line saying what is still intact."""
+  reason = e.reason if isinstance(e, CheckpointWriteError) else write_failure_reason(e)
+  try:
+    last = ckpt.latest_step()
+  except Exception:  # pylint: disable=broad-except
+    last = None
+  kept = f"the last complete checkpoint (step {last}) is intact" if last else "no checkpoint was completed"
+  return WorkdirError(f"writing to workdir {workdir} failed: {reason}; {kept}. Free space (or fix the "
+                      "permissions) and rerun the same command to resume")
+
+
+def _restore_latest_good(ckpt, setup: Setup, workdir: str):
+  """-> (step, restored items) of the newest readable checkpoint, (0, None) for a fresh start.
+
+  A step whose files are truncated or corrupt is moved aside (`corrupt-<step>`, never deleted)
+  with a warning and the previous one is tried; a checkpoint of a different config is refused.
+  """
+  cfg, method = setup.config, setup.method
+  for step in sorted(ckpt.all_steps(), reverse=True):
+    try:
+      saved = ckpt.restore_meta(step)
+      diffs = config_lib.diff_configs(saved["config"], cfg.to_dict(),
+                                      defaults=config_lib.base_config(cfg.method).to_dict())
+      if diffs:
+        raise CheckpointError(f"{workdir} holds a checkpoint (step {step}) of a different config; "
+                              f"refusing to resume. Use another --workdir, or restore these fields: "
+                              + "; ".join(diffs))
+      items = abstract_items(setup)
+      if hasattr(method, "host_state_init"):
+        repl = sharding.replicated(setup.mesh)
+        host = method.host_state_init(setup.info.num_examples)
+        items["host_state"] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), host)
+      return step, ckpt.restore(step, items)
+    except CheckpointReadError as e:
+      moved = ckpt.quarantine(step)
+      log.warning("Checkpoint step %d is unreadable (%s); moved it to %s and trying the previous one.",
+                  step, e, moved)
+  return 0, None
 
 
 # Helpers -------------------------------------------------------------------------------------

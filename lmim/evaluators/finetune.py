@@ -29,7 +29,7 @@ from lmim.errors import ConfigError
 from lmim.evaluators import common
 from lmim.evaluators.features import pad_rows, replicate
 from lmim.models import layers
-from lmim.optim import path_name
+from lmim.optim import layer_ndim, path_name
 
 
 class Head(nn.Module):
@@ -53,11 +53,18 @@ def layer_id(name: str, depth: int) -> int:
 
 
 def lr_scales(params, depth: int, decay: float):
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: decay ** (depth + 1 - layer_id(path_name(p), depth)), params)
+  """Layer-wise lr factors; a scanned block leaf (`encoder/blocks/...`, stacked over layers) gets
+  one factor per layer along its leading axis, so both layouts train identically."""
+  def one(path, x):
+    name = path_name(path)
+    if "blocks" in name.split("/"):
+      return (decay ** (depth - np.arange(depth, dtype=np.float32))).reshape((depth,) + (1,) * (x.ndim - 1))
+    return decay ** (depth + 1 - layer_id(name, depth))
+  return jax.tree_util.tree_map_with_path(one, params)
 
 
 def decays(name: str, ndim: int) -> bool:
+  ndim = layer_ndim(name, ndim)
   return ndim > 1 and not any(s in name for s in ("pos_embed", "cls_token", "bias"))
 
 

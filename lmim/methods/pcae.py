@@ -61,6 +61,9 @@ def stage_counts(num_masked: int, stages: int, keep_ratio: float) -> list[int]:
 
 def validate(config) -> None:
   validate_model(config.model, projector=False)
+  if config.model.get("scan_layers"):
+    raise ConfigError("model.scan_layers", True, "False for PCAE: token reduction between blocks "
+                      "changes the sequence length, which a scan over layers cannot carry")
   p, num_patches = config.pcae, config.model.grid_size ** 2
   keep = int(num_patches * (1 - p.mask_ratio))
   if not 0 < p.mask_ratio < 1 or keep < 1 or keep >= num_patches:

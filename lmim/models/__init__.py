@@ -65,7 +65,8 @@ def build_encoder(model_cfg, projector: bool = True, **overrides) -> Encoder:
             projector_dim=model_cfg.projector.dim,
             projector_depth=model_cfg.projector.depth if projector else 0,
             freeze_pe=model_cfg.freeze_pe, posemb=model_cfg.get("posemb", "lmim"),
-            remat=model_cfg.remat, dtype=compute_dtype(model_cfg))
+            remat=model_cfg.remat, scan_layers=model_cfg.get("scan_layers", False),
+            dtype=compute_dtype(model_cfg))
   kw.update(overrides)
   return Encoder(**kw)
 

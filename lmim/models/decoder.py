@@ -30,7 +30,7 @@ class CrossDecoder(nn.Module):
   visual_cues: bool = True
   freeze_pe: bool = True
   posemb: str = "lmim"
-  remat: bool = False
+  remat: Any = "none"      # a policy of lmim.config_lib.REMAT_POLICIES
   dtype: Any = jnp.float32
 
   def queries(self, x, table, cls_token, mask_token, visible_ids, target_ids):
@@ -56,7 +56,7 @@ class CrossDecoder(nn.Module):
     self.sow("intermediates", "queries", q)  # parity checkpoint 5 (spec §14)
     memory = x + gather_positions(table, visible_ids, with_cls=True)  # encoder CLS gets PE row 0
 
-    block = nn.remat(layers.CrossBlock) if self.remat else layers.CrossBlock
+    block = layers.remat(layers.CrossBlock, self.remat)
     for i in range(self.depth):
       q = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(q, memory)
     q = layers.layer_norm("norm")(q)
@@ -79,7 +79,7 @@ class SelfAttentionDecoder(nn.Module):
   mlp_ratio: float = 4.0
   freeze_pe: bool = True
   posemb: str = "lmim"
-  remat: bool = False
+  remat: Any = "none"      # a policy of lmim.config_lib.REMAT_POLICIES
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -97,7 +97,7 @@ class SelfAttentionDecoder(nn.Module):
     key_mask = None
     if visible_mask is not None:
       key_mask = jnp.concatenate([jnp.ones((b, int(has_cls)), bool), visible_mask, jnp.ones((b, lq), bool)], 1)
-    block = nn.remat(layers.Block, static_argnums=(3,)) if self.remat else layers.Block
+    block = layers.remat(layers.Block, self.remat, static_argnums=(3,))
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, key_mask, True)
     x = layers.layer_norm("norm")(x)

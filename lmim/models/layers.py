@@ -19,6 +19,24 @@ Dtype = Any
 xavier = nn.initializers.xavier_uniform()
 
 
+# model.remat -> what a rematerialised block keeps for the backward pass (None: nothing but its
+# inputs). Names match lmim.config_lib.REMAT_POLICIES.
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat(cls, policy, static_argnums=()):
+  """`cls` rematerialised under a named policy; 'none' (or False) returns it unchanged."""
+  if policy is True:
+    policy = "full"
+  if policy in (False, None, "none"):
+    return cls
+  return nn.remat(cls, static_argnums=static_argnums, policy=REMAT_POLICIES[policy])
+
+
 def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=xavier, bias_init=nn.initializers.zeros, name=name)
@@ -93,20 +111,21 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
   drop_path: float = 0.0
 
-  def _drop(self, y, deterministic: bool):
-    """timm's DropPath: drop the whole residual branch per example, rescale the survivors."""
-    if deterministic or self.drop_path == 0.0:
+  def _drop(self, y, deterministic: bool, rate=None):
+    """timm's DropPath: drop the whole residual branch per example, rescale the survivors.
+    `rate` (a traced scalar) replaces the `drop_path` attribute inside a scan over layers."""
+    if deterministic or (rate is None and self.drop_path == 0.0):
       return y
-    keep = 1.0 - self.drop_path
+    keep = 1.0 - (self.drop_path if rate is None else rate)
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
     return y * mask.astype(y.dtype) / keep
 
   @nn.compact
-  def __call__(self, x, key_mask=None, deterministic: bool = True):
+  def __call__(self, x, key_mask=None, deterministic: bool = True, rate=None):
     x = x + self._drop(SelfAttention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1")(x), key_mask),
-                       deterministic)
+                       deterministic, rate)
     hidden = int(x.shape[-1] * self.mlp_ratio)
-    return x + self._drop(Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2")(x)), deterministic)
+    return x + self._drop(Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2")(x)), deterministic, rate)
 
 
 class CrossBlock(nn.Module):

@@ -114,6 +114,20 @@ def reduce_tokens(x, ids, keep: int, keys=None):
   return jnp.take_along_axis(x, order[..., None], axis=1), jnp.take_along_axis(ids, order, axis=1)
 
 
+class _ScanStep(nn.Module):
+  """One encoder block as a scan body: (x, drop-path rate of this layer) -> (x, x)."""
+  block: Any
+  num_heads: int
+  mlp_ratio: float
+  dtype: Any
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, rate, key_mask):
+    x = self.block(self.num_heads, self.mlp_ratio, self.dtype, name="block")(x, key_mask, self.deterministic, rate)
+    return x, x
+
+
 class Encoder(nn.Module):
   """Pre-LN ViT + final LN + projector, on a subset of patches given by their grid ids.
 
@@ -136,7 +150,8 @@ class Encoder(nn.Module):
   use_cls: bool = True
   use_mask_token: bool = False
   drop_path: float = 0.0    # stochastic depth, linearly increasing to this rate (fine-tuning)
-  remat: bool = False
+  remat: Any = "none"      # a policy of lmim.config_lib.REMAT_POLICIES
+  scan_layers: bool = False  # blocks as one lax.scan over stacked weights ('blocks/...' [depth, ...])
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -168,9 +183,20 @@ class Encoder(nn.Module):
     if reduce and key_mask is not None:
       raise ValueError("token reduction with padded (key-masked) tokens is not supported")
     ids, schedule = patch_ids, dict(reduce)
-    block = nn.remat(layers.Block, static_argnums=(3,)) if self.remat else layers.Block
+    block = layers.remat(layers.Block, self.remat, static_argnums=(3,))
     blocks = []
-    for i in range(self.depth):
+    if self.scan_layers and self.depth:
+      if reduce:
+        raise ValueError("scan_layers cannot reduce tokens between blocks (PCAE): set model.scan_layers=False")
+      # One block traced once and scanned `depth` times over stacked weights: the compiled
+      # program (and compile time) no longer grows with depth. Same numerics as the loop.
+      scanned = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                        in_axes=(0, nn.broadcast), length=self.depth)
+      rates = self.drop_path * jnp.arange(self.depth, dtype=jnp.float32) / max(self.depth - 1, 1)
+      x, stacked = scanned(block, self.num_heads, self.mlp_ratio, self.dtype, deterministic,
+                           name="blocks")(x, rates, key_mask)
+      blocks = [stacked[i] for i in range(self.depth)]
+    for i in range(0 if self.scan_layers else self.depth):
       rate = self.drop_path * i / max(self.depth - 1, 1)
       x = block(self.num_heads, self.mlp_ratio, self.dtype, rate, name=f"blocks_{i}")(x, key_mask, deterministic)
       if i in schedule:
@@ -188,3 +214,25 @@ class Encoder(nn.Module):
       x = Projector(self.projector_dim, self.projector_depth, self.dtype, name="head")(x)
     out["projected"] = x.astype(jnp.float32)
     return out
+
+
+def stack_layers(encoder_params: dict) -> dict:
+  """Encoder weights in the loop layout (blocks_0 ... blocks_{n-1}) -> the scan_layers layout
+  (blocks/block/... stacked along a leading depth axis). Other leaves are shared, not copied."""
+  names = sorted((k for k in encoder_params if re.fullmatch(r"blocks_\d+", k)), key=lambda k: int(k[7:]))
+  out = {k: v for k, v in encoder_params.items() if k not in names}
+  if names:
+    out["blocks"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *[encoder_params[k] for k in names])}
+  return out
+
+
+def unstack_layers(encoder_params: dict) -> dict:
+  """Inverse of `stack_layers`: the scan_layers layout -> blocks_0 ... blocks_{n-1}."""
+  if "blocks" not in encoder_params:
+    return dict(encoder_params)
+  out = {k: v for k, v in encoder_params.items() if k != "blocks"}
+  stacked = encoder_params["blocks"]["block"]
+  depth = jax.tree.leaves(stacked)[0].shape[0]
+  for i in range(depth):
+    out[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return out

@@ -1,0 +1,70 @@
+"""A tiny training run in its own process, for the fault tests (tests/test_faults.py).
+
+    python tests/fault_worker.py WORKDIR [--steps N] [--stop-after K] [--kill-after-save-start STEP]
+                                 [--fsize-limit BYTES]
+
+Same device count and compile options as the test process, so its programs (and results) are
+bitwise those of an in-process run. On success it writes WORKDIR/final_params.npz.
+  --kill-after-save-start S   SIGKILL this process right after the asynchronous save of step S
+                              has started (the arrays are being written in the background)
+  --fsize-limit B             RLIMIT_FSIZE: writing any file past B bytes fails with EFBIG, the
+                              way a full disk fails a write
+"""
+import argparse
+import os
+import resource
+import signal
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_compilation_cache_dir", os.environ.get("LMIM_TEST_JAX_CACHE", "/tmp/lmim_test_jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+from lmim import checkpoint, cli, train  # pylint: disable=wrong-import-position
+from tiny import tiny_config  # pylint: disable=wrong-import-position
+
+
+def config(steps: int):
+  return tiny_config(**{"total_steps": steps, "checkpoint.every_steps": 2, "log_every_steps": 1,
+                        "checkpoint.keep_last": 3})
+
+
+def flat_params(state) -> dict:
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("workdir")
+  ap.add_argument("--steps", type=int, default=12)
+  ap.add_argument("--kill-after-save-start", type=int, default=None)
+  ap.add_argument("--fsize-limit", type=int, default=None)
+  ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (as a preemption)")
+  a = ap.parse_args()
+  if a.kill_after_save_start is not None:
+    save = checkpoint.Checkpointer.save
+
+    def save_then_die(self, step, *args, **kwargs):
+      started = save(self, step, *args, **kwargs)
+      if step == a.kill_after_save_start:
+        print(f"killing during the save of step {step}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+      return started
+    checkpoint.Checkpointer.save = save_then_die
+  if a.fsize_limit is not None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (a.fsize_limit, a.fsize_limit))
+  out = cli.guard(lambda: train.train(config(a.steps), a.workdir, stop_after_steps=a.stop_after))
+  print(f"finished at step {out['step']} preempted={out.get('preempted')}", flush=True)
+  np.savez(os.path.join(a.workdir, "final_params.npz"), **flat_params(out["state"]))
+
+
+if __name__ == "__main__":
+  main()
