@@ -188,8 +188,8 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   # Logging.
   ########################################################################################
   check_workdir(workdir)
-  distributed.preflight(workdir)  # multi-host: same code everywhere, one shared workdir
   _setup_logging(workdir)
+  distributed.preflight(workdir)  # multi-host: same code everywhere, one shared workdir
   setup = prepare(config, devices)
   cfg, method, mesh = setup.config, setup.method, setup.mesh
 
