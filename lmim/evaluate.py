@@ -123,7 +123,7 @@ def main(argv=None):
       rows = cli.guard(lambda: preflight(cfg))
       print(format_preflight(rows))
       sys.exit(0 if all(r["ok"] for r in rows) else 1)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
+    cli.console_logging()
     name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
     res = cli.guard(lambda: evaluate(cfg, flags.FLAGS.workdir, step=flags.FLAGS.step,
                                      results_name=f"{name}_{cfg.get('preset', 'custom')}"))

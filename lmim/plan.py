@@ -224,7 +224,7 @@ def format_report(r: dict) -> str:
 TABLE_ROWS = (
     ("B/16", 16, 1, "none", False), ("B/16", 16, 1, "full", False), ("B/16", 16, 16, "none", False),
     ("B/16", 32, 1, "none", False), ("B/16", 64, 1, "none", False), ("B/16", 64, 8, "none", False),
-    ("B/16", 128, 1, "none", False),
+    ("B/16", 128, 1, "none", False), ("B/16", 16, 1, "none", True), ("B/16", 16, 1, "full", True),
     ("L/16", 16, 1, "none", True), ("L/16", 16, 1, "full", True), ("L/16", 16, 16, "full", True),
     ("L/16", 32, 8, "none", True), ("L/16", 64, 1, "none", True), ("L/16", 64, 8, "none", True),
     ("L/16", 128, 8, "none", True),

@@ -1,7 +1,10 @@
 """Probing: NN / kNN / linear probe / fine-tuning, the evaluation runner, presets and bad input."""
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import eval as eval_presets
+from conftest import ROOT
 from fixtures_lib import fixture_dirs, load
 from lmim import convert, evaluate, train
 from lmim.data import augment
@@ -221,3 +225,27 @@ def test_bad_paths_and_unprepared_data(trained, tmp_path):
   unknown = {"nn": dict(type="nn_loo", data="mnist5k", split="test", colour="blue")}
   with pytest.raises(ConfigError, match="not a field of 'nn_loo'"):
     evaluate.evaluate(eval_config(unknown), str(trained / "trained"))
+
+
+def test_evaluate_command_line_check_and_run(trained, tmp_path):
+  """The standalone entry point: --check lists datasets, a run prints the table and features/s."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+  wd = str(trained / "trained")
+  run = lambda *a: subprocess.run([sys.executable, "-m", "lmim.evaluate", "--workdir", wd, *a], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=600)
+  ok = run("--config", "configs/eval.py:preset=demo", "--check")
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert re.search(r"nn \(nn_loo\) +mnist5k / test  ->  OK ready \(1000 examples\)", ok.stdout), ok.stdout
+  missing = run("--config", f"configs/eval.py:preset=dino_knn,data_dir={tmp_path}", "--check")
+  assert missing.returncode == 1 and "MISSING" in missing.stdout and "tfds build imagenet2012" in missing.stdout
+  res = run("--config", "configs/eval.py:preset=demo", "--config.evals.linear.epochs=2",
+            "--config.evals.linear.warmup_epochs=1", "--config.evals.collapse.split=test[:200]",
+            "--config.evals.pictures.split=test[:100]")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "features/s" in res.stderr
+  for metric in ("nn/top1", "knn/top1_k20", "linear/top1", "collapse/sim_online", "pictures/files_written"):
+    assert metric in res.stdout
+  path = res.stdout.strip().splitlines()[-1].split("results: ")[1]
+  saved = json.loads(open(path, encoding="utf-8").read())
+  assert saved["checkpoint_step"] == 600 and saved["metrics"]["pictures/files_written"] == 3
+  assert len(os.listdir(os.path.join(wd, "eval", "pictures"))) >= 3

@@ -8,6 +8,7 @@ Every probe choice that decides whether a number is comparable to a published on
               position embeddings follow the grid
   resize      'center_crop' (Resize(size/0.875) + CenterCrop) or 'full' (squash)
 """
+import logging
 import time
 
 import jax
@@ -68,9 +69,9 @@ class FeatureSpec:
     t0 = time.perf_counter()
     f, y = feats_lib.extract(self.ctx.method, self.params(state), batches, self.ctx.mesh,
                              feature or self.feature)
-    if log is not None:
-      log(f"{self.prefix}: {len(f)} images in {time.perf_counter() - t0:.1f} s "
-          f"({len(f) / max(time.perf_counter() - t0, 1e-9):.1f} features/s)")
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    (log or logging.getLogger("lmim").info)(
+        f"{self.prefix}: {len(f)} images in {seconds:.1f} s ({len(f) / seconds:.1f} features/s)")
     return f, y
 
 
