@@ -2,7 +2,9 @@
 or full workdirs, and resuming on another device count. Subprocess runs use tests/fault_worker.py,
 which trains tests/tiny.py's model with the same devices and compile options as this process, so
 "bitwise identical" compares like with like."""
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,8 +118,12 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, re
   data_files = sorted((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
   with open(data_files[0], "r+b") as f:  # truncate the largest file: a write cut short
     f.truncate(data_files[0].stat().st_size // 3)
-  with caplog.at_level("WARNING", logger="lmim"):
+  logger = logging.getLogger("lmim")  # lmim's logger does not propagate to the root (caplog's)
+  logger.addHandler(caplog.handler)
+  try:
     out = train.train(config(STEPS), wd)
+  finally:
+    logger.removeHandler(caplog.handler)
   assert any("step 6 is unreadable" in r.getMessage() for r in caplog.records), caplog.text
   assert (tmp_path / "checkpoints" / "corrupt-6").is_dir()  # kept for a post-mortem, not deleted
   assert out["step"] == STEPS
@@ -151,7 +157,10 @@ def test_a_full_disk_at_a_save_is_reported_and_the_previous_checkpoint_survives(
                         env=worker_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
   # (Orbax's writer threads print their own tracebacks as the process exits; ours is one line.)
-  last = next(l for l in proc.stderr.splitlines() if l.startswith("lmim: error:"))
+  # (Orbax's threads may interleave their output with ours on stderr.)
+  found = re.search(r"lmim: error: (writing to workdir[^\n]*)", proc.stderr)
+  assert found, proc.stderr[-4000:]
+  last = "lmim: error: " + found.group(1)
   assert last.startswith("lmim: error: writing to workdir") and "File too large" in last, last
   assert "the last complete checkpoint (step 4) is intact" in last
   ck = Checkpointer(str(tmp_path / "checkpoints"), create=False)
