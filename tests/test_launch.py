@@ -219,10 +219,11 @@ def test_tpu_usage_errors(env, args, missing):
 # slurm.sbatch ---------------------------------------------------------------------------------
 
 def test_slurm_dry_run(env):
-  out = sh(SLURM, "--config", "configs/lmim_demo.py", "--workdir", "workdirs/slurm run", env=env, DRY_RUN="1")
+  # An absolute path: a relative one resolves against the checkout, which may itself sit in /tmp.
+  out = sh(SLURM, "--config", "configs/lmim_demo.py", "--workdir", "/shared/runs/slurm run", env=env, DRY_RUN="1")
   (srun,) = commands(out)
   assert srun == ["srun", "--kill-on-bad-exit=1", ".venv/bin/python", "-m", "lmim.train",
-                  "--config", "configs/lmim_demo.py", "--workdir", "workdirs/slurm run"]
+                  "--config", "configs/lmim_demo.py", "--workdir", "/shared/runs/slurm run"]
   for request in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=TERM@120", "--requeue",
                   "--open-mode=append", "--output=slurm-%j.out"):
     assert request in out.stdout
