@@ -3,6 +3,7 @@ runtime joins them over 127.0.0.1. Two processes x 4 devices must train exactly 
 x 8 devices; the preflight refuses a workdir the hosts do not share; SIGTERM saves on every host."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,24 +41,40 @@ def losses(workdir) -> dict:
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
-def test_two_processes_train_like_one(tmp_path):
-  cfg = tiny_config(**{"total_steps": STEPS, "log_every_steps": 1, "checkpoint.every_steps": 3})
-  one = train.train(cfg, str(tmp_path / "one"))
+def config():
+  return tiny_config(**{"total_steps": STEPS, "log_every_steps": 1, "checkpoint.every_steps": 3})
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+  """The reference: one process, 8 devices, uninterrupted."""
+  wd = tmp_path_factory.mktemp("one")
+  return wd, train.train(config(), str(wd))
+
+
+def restored_params(workdir, step) -> dict:
+  ck = Checkpointer(str(workdir / "checkpoints"), create=False)
+  params = ck.restore(step, {"params": train.abstract_items(train.prepare(config()))["params"]})["params"]
+  return ck.restore_meta(step), flat_params(type("State", (), {"params": params}))
+
+
+def assert_same_params(got: dict, ref: dict):
+  for k in ref:
+    np.testing.assert_allclose(without_key_bias(k, got[k]), without_key_bias(k, ref[k]), atol=1e-6, err_msg=k)
+
+
+def test_two_processes_train_like_one(tmp_path, one):
+  one_dir, one = one
   proc = local(tmp_path / "two")
   out = proc.communicate(timeout=600)[0]
   assert proc.returncode == 0, out[-4000:]
   assert "2 processes run the same code" in out  # the preflight ran
-  a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+  a, b = losses(one_dir), losses(tmp_path / "two")
   assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
-  ck = Checkpointer(str(tmp_path / "two" / "checkpoints"), create=False)
-  assert ck.restore_meta(STEPS)["process_count"] == 2
-  setup = train.prepare(cfg)
-  two = ck.restore(STEPS, {"params": train.abstract_items(setup)["params"]})["params"]
-  ref = flat_params(one["state"])
-  got = flat_params(type("S", (), {"params": two}))
-  for k in ref:
-    np.testing.assert_allclose(without_key_bias(k, got[k]), without_key_bias(k, ref[k]), atol=1e-6, err_msg=k)
+  meta, got = restored_params(tmp_path / "two", STEPS)
+  assert meta["process_count"] == 2
+  assert_same_params(got, flat_params(one["state"]))
   # Only process 0 writes logs and metrics.
   assert not [f for f in os.listdir(tmp_path / "two") if f.startswith("metrics") and f != "metrics.jsonl"]
 
@@ -114,3 +131,41 @@ def test_incomplete_multihost_settings_are_one_line(tmp_path):
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("lmim: error: multi-host settings are incomplete")
   assert not os.listdir(tmp_path)
+
+
+def test_a_resume_with_another_process_count_continues_the_same_stream(tmp_path, one):
+  """3 steps in one process, the rest in two: the checkpoint's global example index puts the
+  2-process run on the very examples the 1-process run would have read next."""
+  one_dir, one = one
+  train.train(config(), str(tmp_path / "run"), stop_after_steps=3)
+  proc = local(tmp_path / "run")
+  out = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, out[-4000:]
+  assert "Resumed from step 3 (data position 48)" in out
+  a, b = losses(one_dir), losses(tmp_path / "run")
+  np.testing.assert_allclose([b[s] for s in range(1, STEPS + 1)], [a[s] for s in range(1, STEPS + 1)], rtol=1e-6)
+  meta, got = restored_params(tmp_path / "run", STEPS)
+  assert meta["process_count"] == 2
+  assert_same_params(got, flat_params(one["state"]))
+
+
+def test_preflight_refuses_hosts_running_different_code(tmp_path):
+  """Process 1 runs from a second checkout whose lmim differs by one comment line."""
+  other = tmp_path / "other_checkout"
+  for folder in ("lmim", "configs"):
+    shutil.copytree(ROOT / folder, other / folder, ignore=shutil.ignore_patterns("__pycache__"))
+  with open(other / "lmim" / "__init__.py", "a", encoding="utf-8") as f:
+    f.write("# a local edit on one host\n")
+  port, shared = _free_port(), tmp_path / "shared"
+  procs = []
+  for i, root in enumerate((ROOT, other)):
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "lmim.distributed", "--workdir", str(shared)], cwd=root,
+        env=dict(env(), PYTHONPATH=str(root), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
+                 LMIM_COORDINATOR=f"127.0.0.1:{port}", LMIM_NUM_PROCESSES="2", LMIM_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  for p in procs:
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2, err[-2000:]
+    line = next(l for l in err.splitlines() if l.startswith("lmim: error:"))
+    assert "hosts run different lmim code or package versions: processes [1] differ from process 0" in line
