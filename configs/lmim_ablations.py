@@ -60,13 +60,7 @@ ROWS = {
 
 
 def apply(c, overrides: dict):
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.apply_dotted(c, overrides)
 
 
 def get_config(arg=None):

@@ -103,6 +103,17 @@ def nn_eval(data: str = "imagenet2012", split: str = "validation", every_epochs:
               every_epochs=every_epochs, at_init=at_init, encoder="online", feature="pooled_pre_norm")
 
 
+def apply_dotted(c: mlc.ConfigDict, overrides: dict) -> mlc.ConfigDict:
+  """Set fields by dotted name ({'model.decoder.depth': 8}), in place; returns `c`."""
+  for key, value in overrides.items():
+    node = c
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
 def runlocal(c: mlc.ConfigDict) -> mlc.ConfigDict:
   """Shrink any recipe to a laptop smoke run on the embedded data (same code path, seconds)."""
   c.model.update(dict(variant="Ti/4", depth=2, grid_size=7))

@@ -3,13 +3,7 @@ from lmim import config_lib
 
 
 def apply(c, overrides: dict):
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.apply_dotted(c, overrides)
 
 
 def tiny_config(method: str = "latent_mim", **overrides):

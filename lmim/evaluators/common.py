@@ -75,6 +75,13 @@ class FeatureSpec:
     return f, y
 
 
+def train_and_eval_splits(fields: dict) -> list:
+  """`datasets(fields)` of evaluators that fit on `train_split` and score on `split`."""
+  d = fields["data"]
+  return [(d, fields.get("train_split", "train"), fields.get("data_dir")),
+          (d, fields["split"], fields.get("data_dir"))]
+
+
 def open_split(ctx, data: str, split: str, data_dir=None, mean=None, std=None):
   """A dataset split for an evaluator; errors name this evaluator's fields."""
   return lmim_data.open_source(data, split, data_dir, mean=mean, std=std, config_prefix=f"evals.{ctx.name}")

@@ -100,10 +100,7 @@ def mix(key, images, labels, num_classes: int, *, mixup: float, cutmix: float, s
   return mixed, lam * onehot(labels) + (1 - lam) * onehot(labels[::-1])
 
 
-def datasets(fields: dict) -> list:
-  d = fields["data"]
-  return [(d, fields.get("train_split", "train"), fields.get("data_dir")),
-          (d, fields["split"], fields.get("data_dir"))]
+datasets = common.train_and_eval_splits
 
 
 class Evaluator:

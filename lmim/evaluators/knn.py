@@ -72,10 +72,7 @@ def knn_predict(queries, bank, bank_labels, num_classes: int, ks, temperature: f
   return {k: np.concatenate(v) for k, v in preds.items()}
 
 
-def datasets(fields: dict) -> list:
-  d = fields["data"]
-  return [(d, fields.get("train_split", "train"), fields.get("data_dir")),
-          (d, fields["split"], fields.get("data_dir"))]
+datasets = common.train_and_eval_splits
 
 
 class Evaluator:

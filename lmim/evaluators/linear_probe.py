@@ -73,10 +73,7 @@ def predict(state, x, *, eps):
   return jnp.argmax(jnp.einsum("bd,hdc->hbc", xn, state["w"]) + state["b"][:, None], axis=-1)
 
 
-def datasets(fields: dict) -> list:
-  d = fields["data"]
-  return [(d, fields.get("train_split", "train"), fields.get("data_dir")),
-          (d, fields["split"], fields.get("data_dir"))]
+datasets = common.train_and_eval_splits
 
 
 class Evaluator:

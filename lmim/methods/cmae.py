@@ -23,9 +23,8 @@ import numpy as np
 from lmim import data, losses, views
 from lmim.errors import ConfigError
 from lmim.evaluators import features
-from lmim.methods.common import encode_full_images, init_encoder
-from lmim.models import build_encoder, compute_dtype, encoder_dims, layers, validate_model
-from lmim.models.decoder import SelfAttentionDecoder
+from lmim.methods.common import GridMethod, encode_full_images, init_encoder
+from lmim.models import build_decoder, build_encoder, layers, validate_model
 
 
 def add_config(c) -> None:
@@ -90,37 +89,24 @@ def boxes_from_heatmaps(heat: np.ndarray, image_size: int, thresh: float) -> np.
   return np.stack([first(rows), first(cols), last(rows), last(cols)], 1).astype(np.float32) / image_size
 
 
-class CMAE:
+class CMAE(GridMethod):
   num_views = 2
 
   def __init__(self, config, channels: int):
-    c = self.config = config
-    self.channels = channels
-    d = encoder_dims(c.model)
-    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], c.model.grid_size
-    self.num_patches = self.grid_size ** 2
+    super().__init__(config, channels)
+    c = config
     self.len_keep = int(self.num_patches * (1 - c.cmae.mask_ratio))
     self.encoder = build_encoder(c.model, projector=False)
-    dec = c.model.decoder
-    self.decoder = SelfAttentionDecoder(
-        width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=self.patch_size ** 2 * channels,
-        grid_size=self.grid_size, mlp_ratio=c.model.mlp_ratio, freeze_pe=c.model.freeze_pe,
-        posemb=c.model.posemb, remat=c.model.remat, dtype=compute_dtype(c.model))
+    self.decoder = build_decoder(c.model, out_dim=self.patch_dim, kind="self")  # pixels of a patch
     self.con_head = ContrastHead(c.cmae.con_hidden, c.cmae.con_dim)
     self.pos_head = layers.dense(self.num_patches, "pos_head", jnp.float32)
     total = config.total_steps
     self.box_warmup = max(1, int(round(c.cmae.ccrop.warmup_frac * total)))
     self.box_interval = max(1, int(round(c.cmae.ccrop.interval_frac * total)))
 
-  @property
-  def train_image_size(self) -> int:
-    return self.grid_size * self.patch_size
-
-  eval_image_size = train_image_size
-
   def init(self, rng):
     k = jax.random.split(rng, 4)
-    enc = init_encoder(self.encoder, k[0], self.len_keep, self.patch_size ** 2 * self.channels)
+    enc = init_encoder(self.encoder, k[0], self.len_keep, self.patch_dim)
     keep = jnp.arange(self.len_keep, dtype=jnp.int32)[None]
     rest = jnp.arange(self.len_keep, self.num_patches, dtype=jnp.int32)[None]
     latent = jnp.zeros((1, 1 + self.len_keep, self.width), jnp.float32)

@@ -3,6 +3,30 @@ import jax
 import jax.numpy as jnp
 
 from lmim import views
+from lmim.models import encoder_dims
+
+
+class GridMethod:
+  """What every method on a g×g patch grid without gap knows about its geometry (Latent MIM has
+  its own: gap jitter makes its training crops larger than its evaluation images)."""
+
+  def __init__(self, config, channels: int):
+    self.config, self.channels = config, channels
+    d = encoder_dims(config.model)
+    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], config.model.grid_size
+    self.num_patches = self.grid_size ** 2
+
+  @property
+  def train_image_size(self) -> int:
+    return self.grid_size * self.patch_size
+
+  @property
+  def eval_image_size(self) -> int:
+    return self.grid_size * self.patch_size
+
+  @property
+  def patch_dim(self) -> int:
+    return self.patch_size ** 2 * self.channels
 
 
 def ema_update(target, online, momentum):

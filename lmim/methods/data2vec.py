@@ -16,7 +16,7 @@ import ml_collections as mlc
 
 from lmim import losses, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.common import ema_update, encode_full_images, init_encoder
+from lmim.methods.common import GridMethod, ema_update, encode_full_images, init_encoder
 from lmim.models import build_encoder, encoder_dims, validate_model
 from lmim.models.layers import dense
 
@@ -50,26 +50,17 @@ def validate(config) -> None:
     raise ConfigError("data2vec.loss_beta", d.loss_beta, "must be > 0")
 
 
-class Data2Vec:
+class Data2Vec(GridMethod):
   def __init__(self, config, channels: int):
-    c = self.config = config
-    self.channels = channels
-    d = encoder_dims(c.model)
-    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], c.model.grid_size
-    self.num_patches = self.grid_size ** 2
+    super().__init__(config, channels)
+    c = config
     self.num_mask = int(round(c.data2vec.mask_fraction * self.num_patches))
     self.encoder = build_encoder(c.model, projector=False, use_mask_token=True)
     self.head = dense(self.width, "head", jnp.float32)
 
-  @property
-  def train_image_size(self) -> int:
-    return self.grid_size * self.patch_size
-
-  eval_image_size = train_image_size
-
   def init(self, rng):
     k_enc, k_head = jax.random.split(rng)
-    enc = init_encoder(self.encoder, k_enc, self.num_patches, self.patch_size ** 2 * self.channels)
+    enc = init_encoder(self.encoder, k_enc, self.num_patches, self.patch_dim)
     head = self.head.init(k_head, jnp.zeros((1, self.width)))["params"]
     return {"encoder": enc, "head": head}, jax.tree.map(jnp.copy, enc)
 

@@ -19,9 +19,8 @@ import numpy as np
 
 from lmim import losses, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.common import ema_update, encode_full_images, init_encoder
-from lmim.models import build_encoder, compute_dtype, encoder_dims, validate_model
-from lmim.models.decoder import SelfAttentionDecoder
+from lmim.methods.common import GridMethod, ema_update, encode_full_images, init_encoder
+from lmim.models import build_decoder, build_encoder, validate_model
 
 
 def add_config(c) -> None:
@@ -94,30 +93,17 @@ def validate(config) -> None:
     raise ConfigError("ijepa.context_tokens", context_tokens, f"at most {g * g} (the grid)")
 
 
-class IJEPA:
+class IJEPA(GridMethod):
   def __init__(self, config, channels: int):
-    c = self.config = config
-    self.channels = channels
-    d = encoder_dims(c.model)
-    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], c.model.grid_size
-    self.num_patches = self.grid_size ** 2
+    super().__init__(config, channels)
+    c = config
     self.target_tokens, self.context_tokens, _ = static_lengths(self.grid_size, c.ijepa)
     self.encoder = build_encoder(c.model, projector=False, use_cls=False)
-    dec = c.model.decoder
-    self.predictor = SelfAttentionDecoder(
-        width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=self.width,
-        grid_size=self.grid_size, mlp_ratio=c.model.mlp_ratio, freeze_pe=c.model.freeze_pe,
-        posemb=c.model.posemb, remat=c.model.remat, dtype=compute_dtype(c.model))
-
-  @property
-  def train_image_size(self) -> int:
-    return self.grid_size * self.patch_size
-
-  eval_image_size = train_image_size
+    self.predictor = build_decoder(c.model, out_dim=self.width, kind="self")  # target latents
 
   def init(self, rng):
     k_enc, k_pred = jax.random.split(rng)
-    enc = init_encoder(self.encoder, k_enc, self.context_tokens, self.patch_size ** 2 * self.channels)
+    enc = init_encoder(self.encoder, k_enc, self.context_tokens, self.patch_dim)
     ctx = jnp.arange(self.context_tokens, dtype=jnp.int32)[None]
     tgt = jnp.arange(self.target_tokens, dtype=jnp.int32)[None]
     latent = jnp.zeros((1, self.context_tokens, self.width), jnp.float32)

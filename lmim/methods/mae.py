@@ -15,9 +15,8 @@ import ml_collections as mlc
 
 from lmim import losses, views
 from lmim.errors import ConfigError
-from lmim.methods.common import encode_full_images, init_encoder
-from lmim.models import build_encoder, compute_dtype, encoder_dims, validate_model
-from lmim.models.decoder import SelfAttentionDecoder
+from lmim.methods.common import GridMethod, encode_full_images, init_encoder
+from lmim.models import build_decoder, build_encoder, validate_model
 
 
 def add_config(c) -> None:
@@ -46,33 +45,19 @@ def validate(config) -> None:
     raise ConfigError("model.decoder.type", config.model.decoder.type, "'self' (MAE's decoder)")
 
 
-class MAE:
+class MAE(GridMethod):
   decay_rule = staticmethod(mae_decay)
 
   def __init__(self, config, channels: int):
-    c = self.config = config
-    self.channels = channels
-    d = encoder_dims(c.model)
-    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], c.model.grid_size
-    self.num_patches = self.grid_size ** 2
+    super().__init__(config, channels)
+    c = config
     self.len_keep = int(self.num_patches * (1 - c.mae.mask_ratio))
     self.encoder = build_encoder(c.model, projector=False)
-    dec = c.model.decoder
-    self.decoder = SelfAttentionDecoder(
-        width=dec.width, depth=dec.depth, num_heads=dec.num_heads,
-        out_dim=self.patch_size ** 2 * channels, grid_size=self.grid_size, mlp_ratio=c.model.mlp_ratio,
-        freeze_pe=c.model.freeze_pe, posemb=c.model.posemb, remat=c.model.remat,
-        dtype=compute_dtype(c.model))
-
-  @property
-  def train_image_size(self) -> int:
-    return self.grid_size * self.patch_size
-
-  eval_image_size = train_image_size
+    self.decoder = build_decoder(c.model, out_dim=self.patch_dim, kind="self")  # pixels of a patch
 
   def init(self, rng):
     k_enc, k_dec = jax.random.split(rng)
-    enc = init_encoder(self.encoder, k_enc, self.len_keep, self.patch_size ** 2 * self.channels)
+    enc = init_encoder(self.encoder, k_enc, self.len_keep, self.patch_dim)
     keep = jnp.arange(self.len_keep, dtype=jnp.int32)[None]
     rest = jnp.arange(self.len_keep, self.num_patches, dtype=jnp.int32)[None]
     latent = jnp.zeros((1, 1 + self.len_keep, self.width), jnp.float32)

@@ -18,9 +18,8 @@ import numpy as np
 
 from lmim import losses, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.common import ema_update, encode_full_images, init_encoder
-from lmim.models import build_encoder, compute_dtype, encoder_dims, validate_model
-from lmim.models.decoder import SelfAttentionDecoder
+from lmim.methods.common import GridMethod, ema_update, encode_full_images, init_encoder
+from lmim.models import build_decoder, build_encoder, encoder_dims, validate_model
 
 DROP_CASES = (0, 1, 2, 3)
 
@@ -84,33 +83,20 @@ def validate(config) -> None:
     raise ConfigError("pcae.momentum", p.momentum, "must be in [0, 1]")
 
 
-class PCAE:
+class PCAE(GridMethod):
   def __init__(self, config, channels: int):
-    c = self.config = config
-    self.channels = channels
-    d = encoder_dims(c.model)
-    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], c.model.grid_size
-    self.num_patches = self.grid_size ** 2
+    super().__init__(config, channels)
+    c = config
     self.len_keep = int(self.num_patches * (1 - c.pcae.mask_ratio))
     self.counts = stage_counts(self.num_patches - self.len_keep, c.pcae.num_stages, c.pcae.keep_ratio)
-    layers = drop_layers(d["depth"], c.pcae.num_stages, c.pcae.drop_case)
+    layers = drop_layers(encoder_dims(c.model)["depth"], c.pcae.num_stages, c.pcae.drop_case)
     self.reduce = tuple(zip(layers, self.counts[1:]))
     self.encoder = build_encoder(c.model, projector=False)
-    dec = c.model.decoder
-    self.decoder = SelfAttentionDecoder(
-        width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=self.width,
-        grid_size=self.grid_size, mlp_ratio=c.model.mlp_ratio, freeze_pe=c.model.freeze_pe,
-        posemb=c.model.posemb, remat=c.model.remat, dtype=compute_dtype(c.model))
-
-  @property
-  def train_image_size(self) -> int:
-    return self.grid_size * self.patch_size
-
-  eval_image_size = train_image_size
+    self.decoder = build_decoder(c.model, out_dim=self.width, kind="self")  # teacher latents
 
   def init(self, rng):
     k_enc, k_dec = jax.random.split(rng)
-    enc = init_encoder(self.encoder, k_enc, self.len_keep, self.patch_size ** 2 * self.channels)
+    enc = init_encoder(self.encoder, k_enc, self.len_keep, self.patch_dim)
     vis = jnp.arange(self.len_keep, dtype=jnp.int32)[None]
     qry = jnp.arange(self.len_keep, self.len_keep + self.counts[-1], dtype=jnp.int32)[None]
     latent = jnp.zeros((1, 1 + self.len_keep, self.width), jnp.float32)

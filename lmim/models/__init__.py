@@ -71,13 +71,14 @@ def build_encoder(model_cfg, projector: bool = True, **overrides) -> Encoder:
   return Encoder(**kw)
 
 
-def build_decoder(model_cfg, out_dim: int | None = None, **overrides):
-  """The configured decoder type; `out_dim` defaults to the encoder width (latent prediction)."""
+def build_decoder(model_cfg, out_dim: int | None = None, kind: str | None = None, **overrides):
+  """The configured decoder type (`kind` = 'self' or 'cross' overrides it, for methods whose
+  decoder is fixed); `out_dim` defaults to the encoder width (latent prediction)."""
   d, dec = encoder_dims(model_cfg), model_cfg.decoder
   kw = dict(width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=out_dim or d["width"],
             grid_size=model_cfg.grid_size, mlp_ratio=model_cfg.mlp_ratio, freeze_pe=model_cfg.freeze_pe,
             posemb=model_cfg.get("posemb", "lmim"), remat=model_cfg.remat, dtype=compute_dtype(model_cfg))
   kw.update(overrides)
-  if dec.get("type", "cross") == "self":
+  if (kind or dec.get("type", "cross")) == "self":
     return SelfAttentionDecoder(**kw)
   return CrossDecoder(visual_cues=dec.visual_cues, **kw)
