@@ -1,7 +1,7 @@
 """A tiny training run in its own process, for the fault tests (tests/test_faults.py).
 
     python tests/fault_worker.py WORKDIR [--steps N] [--stop-after K] [--kill-after-save-start STEP]
-                                 [--fsize-limit BYTES]
+                                 [--fsize-limit BYTES] [--sleep-per-step SECONDS]
 
 Same device count and compile options as the test process, so its programs (and results) are
 bitwise those of an in-process run. On success it writes WORKDIR/final_params.npz.
@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
@@ -47,6 +48,8 @@ def main():
   ap.add_argument("--kill-after-save-start", type=int, default=None)
   ap.add_argument("--fsize-limit", type=int, default=None)
   ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (as a preemption)")
+  ap.add_argument("--sleep-per-step", type=float, default=0.0,
+                  help="host-side pause before each step, so a signal lands mid-run (numerics unchanged)")
   a = ap.parse_args()
   if a.kill_after_save_start is not None:
     save = checkpoint.Checkpointer.save
@@ -58,6 +61,13 @@ def main():
         os.kill(os.getpid(), signal.SIGKILL)
       return started
     checkpoint.Checkpointer.save = save_then_die
+  if a.sleep_per_step:
+    device_batch = train.device_batch
+
+    def slow_device_batch(*args, **kwargs):
+      time.sleep(a.sleep_per_step)
+      return device_batch(*args, **kwargs)
+    train.device_batch = slow_device_batch
   if a.fsize_limit is not None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
     resource.setrlimit(resource.RLIMIT_FSIZE, (a.fsize_limit, a.fsize_limit))

@@ -72,7 +72,7 @@ def reference(tmp_path_factory):
 
 
 def test_kill_9_at_an_arbitrary_step_then_rerun_is_bitwise_identical(tmp_path, reference):
-  proc = start(tmp_path)
+  proc = start(tmp_path, "--sleep-per-step", "0.3")  # the kill lands during step 8, not after the run
   wait_for(proc, f"step 7/{STEPS}")
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -98,7 +98,7 @@ def test_kill_9_during_an_async_save_resumes_from_the_last_complete_one(tmp_path
 
 
 def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
-  proc = start(tmp_path)
+  proc = start(tmp_path, "--sleep-per-step", "0.3")
   wait_for(proc, f"step 3/{STEPS}")
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=120)[0]
