@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
 
-from lmim.errors import CheckpointError, CheckpointReadError, CheckpointWriteError
+from lmim.errors import CheckpointError, CheckpointReadError, CheckpointWriteError, first_line
 from lmim.train_state import CHECKPOINT_ITEMS
 
 META_ITEM = "meta"
@@ -114,17 +114,12 @@ def write_failure_reason(err: BaseException) -> str:
       path = re.search(r'Failed writing: "([^"]+)"', str(cause))
       return os.strerror(int(m.group(1))) + (f" ({path.group(1)})" if path else "")
     cause = cause.__cause__ or cause.__context__
-  return _first_line(err)
+  return first_line(err)
 
 
 def _write_failure(err: BaseException, directory: str) -> CheckpointWriteError:
   reason = write_failure_reason(err)
   return CheckpointWriteError(f"writing a checkpoint in {directory} failed: {reason}", reason)
-
-
-def _first_line(err: Exception) -> str:
-  text = str(err).strip()
-  return text.splitlines()[0] if text else type(err).__name__
 
 
 def _listing(names: list[str]) -> str:
@@ -415,7 +410,7 @@ class Checkpointer:
     try:
       return self._mngr.restore(step, args=args)[META_ITEM]
     except Exception as e:  # a truncated or garbled JSON file: unreadable, not incompatible
-      raise CheckpointReadError(f"could not read step {step} of {self.directory}: {_first_line(e)}") from e
+      raise CheckpointReadError(f"could not read step {step} of {self.directory}: {first_line(e)}") from e
 
   def restore(self, step: int | None, abstract: dict[str, Any]) -> dict[str, Any]:
     """Strictly restores the items in `abstract` onto the shardings their leaves carry.
@@ -460,7 +455,7 @@ class Checkpointer:
     try:
       restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # TensorStore/OCDBT errors on truncated or corrupt files
-      raise CheckpointReadError(f"could not read step {step} of {self.directory}: {_first_line(e)}") from e
+      raise CheckpointReadError(f"could not read step {step} of {self.directory}: {first_line(e)}") from e
     return {k: restored[k] for k in abstract}
 
   # Internals ------------------------------------------------------------------------------------
@@ -472,7 +467,7 @@ class Checkpointer:
         self._metadata[step] = self._mngr.item_metadata(step)
       except Exception as e:  # a corrupt _METADATA / _CHECKPOINT_METADATA file
         raise CheckpointReadError(f"could not read the metadata of step {step} of {self.directory}: "
-                                  f"{_first_line(e)}") from e
+                                  f"{first_line(e)}") from e
     return self._metadata[step]
 
   def _resolve(self, step: int | None) -> int:

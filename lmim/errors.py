@@ -5,6 +5,12 @@ touches a checkpoint. Entry points print `str(err)` alone (no traceback) for the
 """
 
 
+def first_line(err: BaseException) -> str:
+  """The first line of an exception's message (its type name when empty): libraries' multi-line
+  errors (TFDS, TensorStore) shortened to fit a one-line message."""
+  return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 class LmimError(ValueError):
   """Base class: a problem with the user's input, explained in one line."""
 

@@ -19,7 +19,7 @@ import time
 import jax
 import ml_collections as mlc
 
-from lmim import data, evaluators, probe, sharding
+from lmim import evaluators, probe, sharding
 from lmim.errors import LmimError
 from lmim.metrics_writer import MetricWriter
 
@@ -40,12 +40,7 @@ def preflight(config) -> list[dict]:
     module = evaluators.module_for(name, ev)
     for d, split, data_dir in module.datasets(evaluators.fields_of(ev)):
       try:
-        opener = getattr(module, "open_videos", None)  # video evaluators read their own data
-        if opener is not None:
-          status = f"ready ({len(opener(d, split, data_dir, f'evals.{name}'))} examples)"
-        else:
-          _, info = data.open_source(d, split, data_dir, config_prefix=f"evals.{name}")
-          status = f"ready ({info.num_examples} examples)"
+        status = f"ready ({evaluators.open_for_preflight(module, d, split, data_dir, name)} examples)"
         ok = True
       except LmimError as e:
         status, ok = str(e), False

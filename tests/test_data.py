@@ -141,6 +141,14 @@ def test_split_slicing(data_dir):
     data.open_source("mnist5k", "validation", data_dir)
 
 
+def test_sources_list_their_labels_without_reading_every_example(data_dir):
+  src, _ = data.open_source("mnist5k", "test[:300]", data_dir)
+  labels = src.labels()
+  assert labels.dtype == np.int64 and len(labels) == 300
+  np.testing.assert_array_equal(labels, [src[i]["label"] for i in range(300)])
+  assert len(set(labels.tolist())) == 10
+
+
 ###################################################################################################
 # Other sources and statistics.
 ###################################################################################################
@@ -197,6 +205,7 @@ def test_image_folder_source(tmp_path):
   src, info = data.open_source(f"folder:{tmp_path}", "train")
   assert (info.num_examples, info.num_classes, info.channels) == (6, 2, 3)
   assert [src[i]["label"] for i in range(6)] == [0, 0, 0, 1, 1, 1]
+  assert src.labels().tolist() == [0, 0, 0, 1, 1, 1]
   assert src[0]["image"].shape == (30, 40, 3) and src[0]["image"].dtype == np.uint8
   assert info.mean == (0.485, 0.456, 0.406)  # RGB without published statistics: ImageNet's
   val, vinfo = data.open_source(f"folder:{tmp_path}", "val")

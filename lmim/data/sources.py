@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from lmim.data import embedded
-from lmim.errors import ConfigError, DataNotPreparedError
+from lmim.errors import ConfigError, DataNotPreparedError, first_line
 
 log = logging.getLogger("lmim")
 
@@ -58,6 +58,7 @@ class DataInfo:
 class Source(Protocol):
   def __len__(self) -> int: ...
   def __getitem__(self, index: int) -> dict: ...
+  def labels(self) -> np.ndarray: ...  # every label (N,), cheaper than reading every example
 
 
 class TfdsSource:
@@ -77,21 +78,40 @@ class TfdsSource:
     return {"image": np.asarray(ex["image"], np.uint8),
             "label": int(ex["label"]) if self._has_label else -1}
 
+  def labels(self, chunk: int = 4096) -> np.ndarray:
+    """Every label of the split (N,) int64, read without decoding the images where the records
+    allow it (array_record with a SkipDecoding image decoder); -1 without labels."""
+    if not self._has_label:
+      return np.full(len(self), -1, np.int64)
+    try:  # array_record records parsed with the image left undecoded: labels only
+      from tensorflow_datasets.core.data_sources import array_record  # pylint: disable=import-outside-toplevel
+      if isinstance(self._src, array_record.ArrayRecordDataSource):
+        raw = dataclasses.replace(self._src, decoders={"image": tfds.decode.SkipDecoding()})
+        return np.asarray([int(ex["label"]) for start in range(0, len(raw), chunk)
+                           for ex in raw.__getitems__(range(start, min(start + chunk, len(raw))))], np.int64)
+    except Exception as e:  # pylint: disable=broad-except  # (mocked or unusual sources)
+      log.info("labels read by decoding every example (%s)", first_line(e))
+    return np.asarray([self[i]["label"] for i in range(len(self))], np.int64)
+
 
 class FolderSource:
   """Image files with their labels, decoded by PIL to RGB (or 'L' when channels == 1)."""
 
   def __init__(self, files: list[str], labels: list[int], channels: int):
-    self.files, self.labels, self.channels = files, labels, channels
+    self.files, self.label_ids, self.channels = files, labels, channels
 
   def __len__(self):
     return len(self.files)
+
+  def labels(self) -> np.ndarray:
+    """Every label of the split (N,) int64, from the folder names (no image is read)."""
+    return np.asarray(self.label_ids, np.int64)
 
   def __getitem__(self, index):
     index = int(index)
     with Image.open(self.files[index]) as img:
       arr = np.asarray(img.convert("L" if self.channels == 1 else "RGB"), np.uint8)
-    return {"image": arr[..., None] if self.channels == 1 else arr, "label": self.labels[index]}
+    return {"image": arr[..., None] if self.channels == 1 else arr, "label": self.label_ids[index]}
 
 
 ###################################################################################################
@@ -99,34 +119,42 @@ class FolderSource:
 ###################################################################################################
 
 
-def _first_line(err: Exception) -> str:
-  return (str(err).strip().splitlines() or [type(err).__name__])[0]
+def tfds_data_source(name: str, split: str, data_dir: str | None, prefix: str,
+                     unknown_hint: str = "'mnist5k', 'folder:/path/to/images' or the name of a TFDS "
+                                         "dataset (see tfds.list_builders())"):
+  """A prepared TFDS split -> (`tfds.data_source` (array_record, no TensorFlow needed), its
+  DatasetInfo).
 
-
-def _open_tfds(name: str, split: str, data_dir: str | None, prefix: str):
-  """-> (TfdsSource, channels, num_classes); unprepared data raises one line saying how to build."""
+  Every failure is one line: an unknown name or split (ConfigError naming `<prefix>.data|split`),
+  or data that is not prepared or not in array_record format (DataNotPreparedError with the
+  `tfds build` command that fixes it).
+  """
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise ConfigError(f"{prefix}.data", name, "'mnist5k', 'folder:/path/to/images' or the name of "
-                      "a TFDS dataset (see tfds.list_builders())") from None
+    raise ConfigError(f"{prefix}.data", name, unknown_hint) from None
   except Exception as e:  # e.g. an unknown version or config of a known dataset
-    raise ConfigError(f"{prefix}.data", name, f"not a usable TFDS dataset: {_first_line(e)}") from None
+    raise ConfigError(f"{prefix}.data", name, f"not a usable TFDS dataset: {first_line(e)}") from None
   where = os.fspath(builder.data_dir_root)
   how = f"tfds build {name} --file_format=array_record --data_dir={where}"
   if name.split(":")[0].split("/")[0] == "imagenet2012":
     how += f" (after placing ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {where}/downloads/manual)"
   try:
-    src = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False), builder.info
   except Exception as e:  # tfds raises ValueError, NotImplementedError, ... depending on the case
     if not builder.is_prepared():
       raise DataNotPreparedError(f"dataset '{name}' (split '{split}') is not prepared in {where}; "
                                  f"prepare it with: {how}") from None
     if isinstance(e, ValueError):  # prepared, so the split spec is what is wrong
-      raise ConfigError(f"{prefix}.split", split, f"a split of {name}: {_first_line(e)}") from None
+      raise ConfigError(f"{prefix}.split", split, f"a split of {name}: {first_line(e)}") from None
     raise DataNotPreparedError(f"dataset '{name}' in {where} is not in array_record format (lmim "
                                f"reads it without TensorFlow); rebuild it with: {how}") from None
-  features = src.dataset_info.features
+
+
+def _open_tfds(name: str, split: str, data_dir: str | None, prefix: str):
+  """-> (TfdsSource, channels, num_classes); unprepared data raises one line saying how to build."""
+  src, info = tfds_data_source(name, split, data_dir, prefix)
+  features = info.features
   if "image" not in features:
     raise ConfigError(f"{prefix}.data", name, f"a dataset with an 'image' feature (it has {list(features)})")
   channels = int(features["image"].shape[-1] or 3)
@@ -171,7 +199,7 @@ def open_folder(root: str, split: str, prefix: str = "input"):
   try:
     instruction = tfds.core.ReadInstruction.from_spec(split)
   except ValueError as e:
-    raise ConfigError(field, split, _first_line(e)) from None
+    raise ConfigError(field, split, first_line(e)) from None
   names = [part.split("[", 1)[0].strip() for part in split.split("+")]
   split_layout = any(os.path.isdir(os.path.join(root, n)) for n in names if n != "all")
   split_dirs = ({d: os.path.join(root, d) for d in _list_dirs(root)} if split_layout
@@ -194,7 +222,7 @@ def open_folder(root: str, split: str, prefix: str = "input"):
   try:
     parts = instruction.to_absolute(infos)
   except ValueError as e:
-    raise ConfigError(field, split, _first_line(e)) from None
+    raise ConfigError(field, split, first_line(e)) from None
   sel_files, sel_labels = [], []
   for p in parts:
     sel_files += files[p.splitname][p.from_:p.to]

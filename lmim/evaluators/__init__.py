@@ -4,6 +4,9 @@
   Evaluator(ctx, **fields)          fields = the config entry minus the schedule fields below
       .run(state) -> yields (metric name, value) pairs; `state` has .params and .ema_params
   datasets(fields) -> [(data, split, data_dir), ...]   what it reads (preflight: `--check`)
+  open_dataset(data, split, data_dir, prefix)         optional: how it opens one of those (a sized
+                                                      source; default: lmim.data.open_source, for
+                                                      image classification splits)
 
 `ctx` (Context) carries what evaluators share: the method (networks, geometry), the mesh, the
 workdir and a metric writer (pictures write PNGs and TensorBoard images there), the evaluator's
@@ -54,3 +57,12 @@ def from_config(name: str, eval_cfg, *, method, mesh, workdir=None, writer=None)
                       f"not a field of '{eval_cfg.type}'; valid fields: {', '.join(valid)}")
   ctx = Context(method=method, mesh=mesh, name=name, workdir=workdir, writer=writer)
   return module.Evaluator(ctx, **fields)
+
+
+def open_for_preflight(module, data: str, split: str, data_dir, name: str) -> int:
+  """Open one dataset the way `module` reads it -> its number of examples (one-line errors)."""
+  opener = getattr(module, "open_dataset", None)
+  if opener is not None:
+    return len(opener(data, split, data_dir, f"evals.{name}"))
+  from lmim.data import open_source  # pylint: disable=import-outside-toplevel
+  return open_source(data, split, data_dir, config_prefix=f"evals.{name}")[1].num_examples

@@ -33,7 +33,6 @@ segmentations (N, H, W, 1)}, metadata = {video_name, num_frames}.
 """
 import functools
 import logging
-import os
 import time
 
 import jax
@@ -42,7 +41,8 @@ import numpy as np
 from PIL import Image
 
 from lmim import sharding
-from lmim.errors import ConfigError, DataNotPreparedError
+from lmim.data import sources
+from lmim.errors import ConfigError
 from lmim.evaluators import common, davis_metrics, features as feats_lib
 
 log = logging.getLogger("lmim")
@@ -58,34 +58,17 @@ CLASS_MULTIPLE = 8  # label channels are padded to a multiple of this: one compi
 ###################################################################################################
 
 
-def _first_line(e) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def open_videos(name: str, split: str, data_dir=None, prefix: str = "evals.davis"):
-  """A TFDS video split as a random-access source (len, [i] -> example); one-line errors."""
-  import tensorflow_datasets as tfds
+def open_dataset(name: str, split: str, data_dir=None, prefix: str = "evals.davis"):
+  """A TFDS video split as a random-access source (len, [i] -> example); one-line errors.
+  (The evaluator protocol's hook for datasets that are not image classification splits.)"""
   try:  # registers 'davis': without TensorFlow, tfds' lazy registry does not import it
-    import tensorflow_datasets.video.davis  # noqa: F401
-  except Exception:  # pylint: disable=broad-except
-    pass
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(f"{prefix}.data", name, f"a TFDS video dataset such as 'davis/480p': {_first_line(e)}") from None
-  where = os.fspath(builder.data_dir_root)
-  how = f"tfds build {name} --file_format=array_record --data_dir={where}"
-  try:
-    src = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:  # pylint: disable=broad-except
-    if not builder.is_prepared():
-      raise DataNotPreparedError(f"dataset '{name}' (split '{split}') is not prepared in {where}; "
-                                 f"prepare it with: {how}") from None
-    if isinstance(e, ValueError):
-      raise ConfigError(f"{prefix}.split", split, f"a split of {name}: {_first_line(e)}") from None
-    raise DataNotPreparedError(f"dataset '{name}' in {where} is not in array_record format (lmim "
-                               f"reads it without TensorFlow); rebuild it with: {how}") from None
-  video = builder.info.features["video"] if "video" in builder.info.features else None
+    import tensorflow_datasets.video.davis  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    pass  # then tfds.builder below reports the dataset as unknown, in one line
+  src, info = sources.tfds_data_source(name, split, data_dir, prefix,
+                                       unknown_hint="a TFDS video dataset such as 'davis/480p'")
+  features = info.features
+  video = features["video"] if "video" in features else None
   if video is None or not {"frames", "segmentations"} <= set(getattr(video, "feature", {}).keys()):
     raise ConfigError(f"{prefix}.data", name, "a video dataset with video/frames and video/segmentations "
                       "(TFDS 'davis/480p')")
@@ -291,7 +274,7 @@ class Evaluator:
     self.short_side, self.multiple, self.temperature = int(short_side), int(multiple), float(temperature)
     self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     self.max_videos = max_videos
-    self.source = open_videos(data, split, data_dir, prefix)
+    self.source = open_dataset(data, split, data_dir, prefix)
 
   def _features(self, params, frames, size):
     """Feature blocks (n, h·w, D) of a video's frames, `batch_size` frames at a time, sharded

@@ -60,7 +60,6 @@ import warnings
 import numpy as np
 
 from lmim import data as lmim_data
-from lmim.data import sources as sources_lib
 from lmim.errors import ConfigError, DataNotPreparedError
 from lmim.evaluators import common
 from lmim.evaluators.collapse import IndexedSubset
@@ -175,30 +174,11 @@ _label_cache: dict = {}
 _label_lock = threading.Lock()
 
 
-def _read_labels(source, chunk: int = 4096) -> np.ndarray:
-  if isinstance(source, sources_lib.FolderSource):
-    return np.asarray(source.labels, np.int64)
-  if isinstance(source, sources_lib.TfdsSource):
-    raw = getattr(source, "_src", None)
-    try:  # array_record records, parsed without decoding the images
-      import tensorflow_datasets as tfds
-      from tensorflow_datasets.core.data_sources import array_record
-      if isinstance(raw, array_record.ArrayRecordDataSource):
-        labels_only = dataclasses.replace(raw, decoders={"image": tfds.decode.SkipDecoding()})
-        out = []
-        for start in range(0, len(labels_only), chunk):
-          out += [int(ex["label"]) for ex in labels_only.__getitems__(range(start, min(start + chunk, len(labels_only))))]
-        return np.asarray(out, np.int64)
-    except Exception as e:  # pylint: disable=broad-except
-      log.info("fewshot: labels read by decoding every example (%s)", e)
-  return np.asarray([int(source[i]["label"]) for i in range(len(source))], np.int64)
-
-
 def split_labels(source, key) -> np.ndarray:
   """Labels of a whole split, read once per key (data, split, data_dir)."""
   with _label_lock:
     if key not in _label_cache:
-      _label_cache[key] = _read_labels(source)
+      _label_cache[key] = source.labels()
     return _label_cache[key]
 
 
@@ -377,8 +357,7 @@ class Evaluator:
   def _features(self, state, source_info, indices):
     """Features and labels of the rows `indices` (sorted unique) of a split."""
     source, info = source_info
-    f, y = self.spec.extract(state, IndexedSubset(source, tuple(int(i) for i in indices)), info,
-                             log=log.info)
+    f, y = self.spec.extract(state, IndexedSubset(source, tuple(int(i) for i in indices)), info)
     f = np.asarray(f, np.float32)
     return (common.l2_normalize(f) if self.normalize else f), np.asarray(y, np.int64)
 
