@@ -371,6 +371,10 @@ class Checkpointer:
     except Exception as e:
       raise _write_failure(e, self.directory) from e
 
+  @property
+  def closed(self) -> bool:
+    return self._closed
+
   def close(self) -> None:
     """Waits for pending saves and releases Orbax's threads; safe to call twice."""
     if not self._closed:

@@ -113,9 +113,9 @@ def _allgather_ints(values) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64)))
 
 
-def check_same_software() -> None:
-  """Every process runs identical lmim code and package versions, or all raise the same error."""
-  fp = software_fingerprint()
+def check_same_software(fp: dict) -> None:
+  """Every process runs identical lmim code and package versions (`fp` = this process's
+  software_fingerprint()), or all raise the same error."""
   mine = [int(fp["code_sha256"][i:i + 15], 16) for i in range(0, 60, 15)]
   everyone = _allgather_ints(mine).reshape(jax.process_count(), -1)
   differ = [p for p in range(len(everyone)) if not np.array_equal(everyone[p], everyone[0])]
@@ -157,14 +157,15 @@ def check_shared_workdir(workdir: str) -> None:
                        "filesystem mounted on every host")
 
 
-def preflight(workdir: str) -> None:
+def preflight(workdir: str, fp: dict | None = None) -> None:
   """The multi-host checks (no-ops in a single process); every process must call this."""
   if jax.process_count() == 1:
     return
-  check_same_software()
+  fp = fp or software_fingerprint()
+  check_same_software(fp)
   check_shared_workdir(workdir)
   log.info("Preflight: %d processes run the same code (%s) and share %s.", jax.process_count(),
-           software_fingerprint()["code_sha256"][:12], workdir)
+           fp["code_sha256"][:12], workdir)
 
 
 def main(argv=None):
@@ -179,7 +180,7 @@ def main(argv=None):
   def run(_):
     kind = cli.initialize_distributed()
     fp = software_fingerprint()
-    cli.guard(lambda: preflight(flags.FLAGS.workdir))
+    cli.guard(lambda: preflight(flags.FLAGS.workdir, fp))
     if jax.process_index() == 0:
       print(f"preflight OK ({kind}): {jax.process_count()} process(es), {jax.device_count()} devices, "
             f"code {fp['code_sha256'][:12]} (commit {fp['git_commit']}), jax {fp['versions']['jax']}, "

@@ -200,7 +200,9 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=cfg.checkpoint.keep_last,
                       keep_every_steps=cfg.checkpoint.keep_every_steps,
                       async_save=cfg.checkpoint.async_save)
-  start_step, restored = _restore_latest_good(ckpt, setup, workdir)
+  # Host-side method state (CMAE's ContrastiveCrop boxes): numpy, replicated, checkpointed.
+  host = method.host_state_init(setup.info.num_examples) if hasattr(method, "host_state_init") else None
+  start_step, restored = _restore_latest_good(ckpt, setup, workdir, host)
   writer = MetricWriter(workdir)
   if not start_step:
     _write_config(workdir, config, cfg)
@@ -208,8 +210,6 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   evals = {name: evaluators.from_config(name, ev, method=method, mesh=mesh, workdir=workdir, writer=writer)
            for name, ev in cfg.evals.items()}
 
-  # Host-side method state (CMAE's ContrastiveCrop boxes): numpy, replicated, checkpointed.
-  host = method.host_state_init(setup.info.num_examples) if hasattr(method, "host_state_init") else None
   if start_step:  # restored straight into the target shardings; nothing is initialised first
     state = TrainState(step=sharding.put_replicated(np.int32(start_step), mesh), **{
         k: restored.get(k) for k in ("params", "ema_params", "opt_state")})
@@ -252,15 +252,17 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   try:
     state, results, stop = _loop(setup, ckpt, writer, evals, config, state, batches, first, host,
                                  start_step, stop, results, compiled, preemption)
+    ckpt.close()  # waits for the last save; a failure to write it is reported like any other
   except (OSError, CheckpointWriteError) as e:  # a failing save or log write: what is intact
     raise _write_error(e, workdir, ckpt) from e
   finally:
     preemption.restore()
-    try:
-      ckpt.close()  # waits for a save in flight: an earlier good step is never left half-written
-    except CheckpointWriteError:
-      pass  # already reported by the save that failed
     writer.close()
+    if not ckpt.closed:  # leaving on an error: still let a save in flight (a good step) commit
+      try:
+        ckpt.close()
+      except CheckpointWriteError as e:  # secondary to the error already on its way out
+        log.error("While stopping: %s", e)
   if stop == total and jax.process_index() == 0:
     _report(workdir, results)
   return {"step": stop, "results": results, "state": state, "preempted": preemption.stopped_at is not None}
@@ -387,14 +389,22 @@ def _write_error(e: BaseException, workdir: str, ckpt) -> WorkdirError:
                       "permissions) and rerun the same command to resume")
 
 
-def _restore_latest_good(ckpt, setup: Setup, workdir: str):
+def _restore_latest_good(ckpt, setup: Setup, workdir: str, host=None):
   """-> (step, restored items) of the newest readable checkpoint, (0, None) for a fresh start.
 
   A step whose files are truncated or corrupt is moved aside (`corrupt-<step>`, never deleted)
   with a warning and the previous one is tried; a checkpoint of a different config is refused.
+  `host` is the method's initial host state (its shapes), if it keeps one.
   """
-  cfg, method = setup.config, setup.method
-  for step in sorted(ckpt.all_steps(), reverse=True):
+  cfg = setup.config
+  steps = sorted(ckpt.all_steps(), reverse=True)
+  if not steps:
+    return 0, None
+  items = abstract_items(setup)
+  if host is not None:
+    repl = sharding.replicated(setup.mesh)
+    items["host_state"] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), host)
+  for step in steps:
     try:
       saved = ckpt.restore_meta(step)
       diffs = config_lib.diff_configs(saved["config"], cfg.to_dict(),
@@ -403,11 +413,6 @@ def _restore_latest_good(ckpt, setup: Setup, workdir: str):
         raise CheckpointError(f"{workdir} holds a checkpoint (step {step}) of a different config; "
                               f"refusing to resume. Use another --workdir, or restore these fields: "
                               + "; ".join(diffs))
-      items = abstract_items(setup)
-      if hasattr(method, "host_state_init"):
-        repl = sharding.replicated(setup.mesh)
-        host = method.host_state_init(setup.info.num_examples)
-        items["host_state"] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), host)
       return step, ckpt.restore(step, items)
     except CheckpointReadError as e:
       moved = ckpt.quarantine(step)

@@ -1,6 +1,7 @@
 """Test session setup: 8 virtual CPU devices (before any backend use) and fixture locations."""
 import os
 import pathlib
+import socket
 
 import jax
 
@@ -13,3 +14,10 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Fixtures are read from ../shared beside the project root, never copied in.
 SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+def free_port() -> int:
+  """A TCP port nobody listens on now (for JAX's coordinator in multi-process tests)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

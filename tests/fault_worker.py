@@ -36,8 +36,9 @@ def config(steps: int):
                         "checkpoint.keep_last": 3})
 
 
-def flat_params(state) -> dict:
-  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+def flat_params(params) -> dict:
+  """{'[\'encoder\'][...]': host array} for a parameter tree."""
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
@@ -73,7 +74,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_FSIZE, (a.fsize_limit, a.fsize_limit))
   out = cli.guard(lambda: train.train(config(a.steps), a.workdir, stop_after_steps=a.stop_after))
   print(f"finished at step {out['step']} preempted={out.get('preempted')}", flush=True)
-  np.savez(os.path.join(a.workdir, "final_params.npz"), **flat_params(out["state"]))
+  np.savez(os.path.join(a.workdir, "final_params.npz"), **flat_params(out["state"].params))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ with the real structure: nested-dict params, an EMA encoder, and an AdamW state 
 decay is masked (so it holds ScaleByAdamState, MaskedState and EmptyState namedtuples).
 """
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmim.checkpoint import (TMP_SUFFIX, Checkpointer, abstract_like, find_checkpoint_dir,
                              format_diff, tree_diff)
+from conftest import free_port
 from lmim.errors import CheckpointError
 from lmim.inspect_ckpt import inspect, main as inspect_main
 
@@ -305,17 +305,11 @@ ck.close()
 """
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_save_and_one_restores(tmp_path):
   """Both processes of a 2-host job call save; a single process restores it onto other meshes."""
   d = str(tmp_path / "checkpoints")
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-  address = f"127.0.0.1:{_free_port()}"
+  address = f"127.0.0.1:{free_port()}"
   procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(i), address, d], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]

@@ -68,7 +68,7 @@ def reference(tmp_path_factory):
   """An uninterrupted run of STEPS steps, in this process."""
   out = train.train(config(STEPS), str(tmp_path_factory.mktemp("reference")))
   assert out["step"] == STEPS
-  return flat_params(out["state"])
+  return flat_params(out["state"].params)
 
 
 def test_kill_9_at_an_arbitrary_step_then_rerun_is_bitwise_identical(tmp_path, reference):
@@ -126,7 +126,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, re
   assert "W Checkpoint step 6 is unreadable" in log_text and "Resumed from step 4" in log_text, log_text
   assert (tmp_path / "checkpoints" / "corrupt-6").is_dir()  # kept for a post-mortem, not deleted
   assert out["step"] == STEPS
-  assert_bitwise(flat_params(out["state"]), reference)
+  assert_bitwise(flat_params(out["state"].params), reference)
 
 
 def test_nan_stops_training_and_keeps_the_last_checkpoint(tmp_path):
@@ -175,17 +175,17 @@ def test_resume_on_8_then_2_then_1_devices(tmp_path, reference):
   cfg8.mesh.update(dict(data=1, fsdp=8))
   cfg8.fsdp_min_size_mb = 0.0
   first = train.train(cfg8, wd, devices=devices[:8], stop_after_steps=4)
-  saved = flat_params(first["state"])
+  saved = flat_params(first["state"].params)
   cfg2 = config(STEPS)
   cfg2.mesh.update(dict(data=1, fsdp=2))
   cfg2.fsdp_min_size_mb = 0.0
   restored = train.train(cfg2, wd, devices=devices[:2], stop_after_steps=0)
-  assert_bitwise(flat_params(restored["state"]), saved)
+  assert_bitwise(flat_params(restored["state"].params), saved)
   assert restored["state"].params["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"].sharding.mesh.size == 2
   train.train(cfg2, wd, devices=devices[:2], stop_after_steps=4)
   out = train.train(config(STEPS), wd, devices=devices[:1])
   assert out["step"] == STEPS
-  final = flat_params(out["state"])
+  final = flat_params(out["state"].params)
   for k in reference:
     np.testing.assert_allclose(without_key_bias(k, final[k]), without_key_bias(k, reference[k]),
                                rtol=2e-5, atol=2e-6, err_msg=k)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from fault_worker import flat_params
 from lmim import train
 from lmim.checkpoint import Checkpointer
@@ -55,7 +55,7 @@ def one(tmp_path_factory):
 def restored_params(workdir, step) -> dict:
   ck = Checkpointer(str(workdir / "checkpoints"), create=False)
   params = ck.restore(step, {"params": train.abstract_items(train.prepare(config()))["params"]})["params"]
-  return ck.restore_meta(step), flat_params(type("State", (), {"params": params}))
+  return ck.restore_meta(step), flat_params(params)
 
 
 def assert_same_params(got: dict, ref: dict):
@@ -74,7 +74,7 @@ def test_two_processes_train_like_one(tmp_path, one):
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
   meta, got = restored_params(tmp_path / "two", STEPS)
   assert meta["process_count"] == 2
-  assert_same_params(got, flat_params(one["state"]))
+  assert_same_params(got, flat_params(one["state"].params))
   # Only process 0 writes logs and metrics.
   assert not [f for f in os.listdir(tmp_path / "two") if f.startswith("metrics") and f != "metrics.jsonl"]
 
@@ -104,20 +104,13 @@ def _distributed_preflight(workdirs, port):
   return [(p.wait(timeout=120), *p.communicate()) for p in procs]
 
 
-def _free_port():
-  import socket  # pylint: disable=import-outside-toplevel
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_preflight_accepts_a_shared_workdir_and_refuses_host_local_ones(tmp_path):
   shared = tmp_path / "shared"
-  (rc0, out0, err0), (rc1, _, err1) = _distributed_preflight([shared, shared], _free_port())
+  (rc0, out0, err0), (rc1, _, err1) = _distributed_preflight([shared, shared], free_port())
   assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
   assert "preflight OK (explicit): 2 process(es), 4 devices" in out0 and f"workdir {shared} shared" in out0
   # Each "host" sees its own directory under the same kind of path: a host-local disk.
-  results = _distributed_preflight([tmp_path / "host0" / "run", tmp_path / "host1" / "run"], _free_port())
+  results = _distributed_preflight([tmp_path / "host0" / "run", tmp_path / "host1" / "run"], free_port())
   for rc, _, err in results:
     assert rc == 2, err[-2000:]
     line = next(l for l in err.splitlines() if l.startswith("lmim: error:"))
@@ -146,7 +139,7 @@ def test_a_resume_with_another_process_count_continues_the_same_stream(tmp_path,
   np.testing.assert_allclose([b[s] for s in range(1, STEPS + 1)], [a[s] for s in range(1, STEPS + 1)], rtol=1e-6)
   meta, got = restored_params(tmp_path / "run", STEPS)
   assert meta["process_count"] == 2
-  assert_same_params(got, flat_params(one["state"]))
+  assert_same_params(got, flat_params(one["state"].params))
 
 
 def test_preflight_refuses_hosts_running_different_code(tmp_path):
@@ -156,7 +149,7 @@ def test_preflight_refuses_hosts_running_different_code(tmp_path):
     shutil.copytree(ROOT / folder, other / folder, ignore=shutil.ignore_patterns("__pycache__"))
   with open(other / "lmim" / "__init__.py", "a", encoding="utf-8") as f:
     f.write("# a local edit on one host\n")
-  port, shared = _free_port(), tmp_path / "shared"
+  port, shared = free_port(), tmp_path / "shared"
   procs = []
   for i, root in enumerate((ROOT, other)):
     procs.append(subprocess.Popen(

@@ -20,18 +20,22 @@ from lmim.models import layers
 from lmim.models.vit import gather_positions, position_embeddings
 
 
-class CrossDecoder(nn.Module):
+class _Decoder(nn.Module):
+  """The fields both decoders take (lmim.models.build_decoder fills them from the config)."""
   width: int
   depth: int
   num_heads: int
   out_dim: int
   grid_size: int
   mlp_ratio: float = 4.0
-  visual_cues: bool = True
   freeze_pe: bool = True
   posemb: str = "lmim"
   remat: Any = "none"      # a policy of lmim.config_lib.REMAT_POLICIES
   dtype: Any = jnp.float32
+
+
+class CrossDecoder(_Decoder):
+  visual_cues: bool = True
 
   def queries(self, x, table, cls_token, mask_token, visible_ids, target_ids):
     """Decoder queries before the first block: (B, 1+Lt, Dd) with position embeddings added."""
@@ -63,7 +67,7 @@ class CrossDecoder(nn.Module):
     return layers.dense(self.out_dim, "head", self.dtype)(q).astype(jnp.float32)
 
 
-class SelfAttentionDecoder(nn.Module):
+class SelfAttentionDecoder(_Decoder):
   """MAE-style decoder: self-attention over [(CLS), visible latents, mask tokens at the queries].
 
   All tokens get the decoder's fixed position embedding of their cell (CLS: row 0), so the order
@@ -71,16 +75,6 @@ class SelfAttentionDecoder(nn.Module):
   dropped). With `out_dim` = p·p·C this is MAE's pixel decoder, with `out_dim` = D a latent one
   (Latent MIM's "self-attention decoder" ablation, PCAE's decoder).
   """
-  width: int
-  depth: int
-  num_heads: int
-  out_dim: int
-  grid_size: int
-  mlp_ratio: float = 4.0
-  freeze_pe: bool = True
-  posemb: str = "lmim"
-  remat: Any = "none"      # a policy of lmim.config_lib.REMAT_POLICIES
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, latents, visible_ids, query_ids, visible_mask=None):

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmim import config_lib
+
 Dtype = Any
 
 xavier = nn.initializers.xavier_uniform()
@@ -30,9 +32,8 @@ REMAT_POLICIES = {
 
 def remat(cls, policy, static_argnums=()):
   """`cls` rematerialised under a named policy; 'none' (or False) returns it unchanged."""
-  if policy is True:
-    policy = "full"
-  if policy in (False, None, "none"):
+  policy = config_lib.remat_policy(policy)
+  if policy == "none":
     return cls
   return nn.remat(cls, static_argnums=static_argnums, policy=REMAT_POLICIES[policy])
 
