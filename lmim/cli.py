@@ -19,18 +19,6 @@ def _quiet_libraries():
   tfds.disable_progress_bar()
 
 
-def console_logging():
-  """lmim's INFO lines on stderr (absl's handler keeps the root logger at WARNING)."""
-  import logging  # pylint: disable=import-outside-toplevel
-  logger = logging.getLogger("lmim")
-  logger.setLevel(logging.INFO)
-  if not any(type(h) is logging.StreamHandler for h in logger.handlers):  # pylint: disable=unidiomatic-typecheck
-    h = logging.StreamHandler()
-    h.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-    logger.addHandler(h)
-  logger.propagate = False
-
-
 def guard(fn):
   _quiet_libraries()
   try:

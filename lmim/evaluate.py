@@ -21,7 +21,7 @@ import ml_collections as mlc
 
 from lmim import evaluators, probe, sharding
 from lmim.errors import LmimError
-from lmim.metrics_writer import MetricWriter
+from lmim.metrics_writer import MetricWriter, console_logging
 
 log = logging.getLogger("lmim")
 
@@ -118,7 +118,7 @@ def main(argv=None):
       rows = cli.guard(lambda: preflight(cfg))
       print(format_preflight(rows))
       sys.exit(0 if all(r["ok"] for r in rows) else 1)
-    cli.console_logging()
+    console_logging()
     name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
     res = cli.guard(lambda: evaluate(cfg, flags.FLAGS.workdir, step=flags.FLAGS.step,
                                      results_name=f"{name}_{cfg.get('preset', 'custom')}"))

@@ -88,3 +88,32 @@ def format_line(step: int, total: int, m: dict) -> str:
 def _hms(seconds: float) -> str:
   seconds = int(max(0, seconds))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _formatter() -> logging.Formatter:
+  return logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S")
+
+
+def console_logging() -> logging.Logger:
+  """lmim's INFO lines on stderr, once (absl's handler keeps the root logger at WARNING, and lmim's
+  logger does not propagate to it)."""
+  logger = logging.getLogger("lmim")
+  logger.setLevel(logging.INFO)
+  if not any(type(h) is logging.StreamHandler for h in logger.handlers):  # pylint: disable=unidiomatic-typecheck
+    h = logging.StreamHandler()
+    h.setFormatter(_formatter())
+    logger.addHandler(h)
+  logger.propagate = False
+  return logger
+
+
+def file_logging(path: str) -> None:
+  """Also write lmim's lines to `path` (one log file at a time: a previous one is closed)."""
+  logger = console_logging()
+  for h in list(logger.handlers):
+    if isinstance(h, logging.FileHandler):
+      logger.removeHandler(h)
+      h.close()
+  fh = logging.FileHandler(path)
+  fh.setFormatter(_formatter())
+  logger.addHandler(fh)

@@ -57,9 +57,9 @@ class PlanError(LmimError):
 def imagenet_info(channels: int = 3):
   """A DataInfo for ImageNet-1k train without opening the dataset."""
   from lmim import data  # pylint: disable=import-outside-toplevel
+  mean, std = data.sources.IMAGENET_STATS if channels == 3 else ((0.5,) * channels, (0.25,) * channels)
   return data.DataInfo(name="imagenet2012", num_examples=IMAGENET_EXAMPLES, num_classes=1000,
-                       channels=channels, mean=(0.485, 0.456, 0.406)[:channels] if channels == 3 else (0.5,) * channels,
-                       std=(0.229, 0.224, 0.225)[:channels] if channels == 3 else (0.25,) * channels)
+                       channels=channels, mean=mean, std=std)
 
 
 def _devices(num_devices: int):
@@ -71,10 +71,6 @@ def _devices(num_devices: int):
                     f"requested: run `python -m lmim.plan --devices {num_devices} ...` (it starts with "
                     f"JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES={num_devices}), or set those before JAX starts")
   return devices[:num_devices]
-
-
-def _abstract(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
 def _bytes_per_device(tree) -> tuple[int, int]:
@@ -94,9 +90,9 @@ def _cost(obj) -> dict:
 
 
 def _abstract_inputs(setup):
+  from lmim import train  # pylint: disable=import-outside-toplevel
   cfg, method = setup.config, setup.method
-  abstract = jax.eval_shape(setup.init_fn, setup.init_key)
-  state = _abstract(abstract, setup.state_shardings)
+  state = train.abstract_state(setup)
   k, size, c = cfg.accum_steps, method.train_image_size, setup.info.channels
   shape = (k, cfg.batch_size // k, size, size, c)
   batch = {name: jax.ShapeDtypeStruct(shape, np.float32, sharding=sh)

@@ -24,10 +24,10 @@ import numpy as np
 import optax
 
 from lmim import config_lib, data, distributed, evaluators, methods, optim, schedules, sharding, views
-from lmim.checkpoint import Checkpointer
+from lmim.checkpoint import Checkpointer, abstract_like
 from lmim.checkpoint import write_failure_reason
 from lmim.errors import CheckpointError, CheckpointReadError, CheckpointWriteError, NonFiniteError, WorkdirError
-from lmim.metrics_writer import MetricWriter, format_line, read_jsonl
+from lmim.metrics_writer import MetricWriter, console_logging, file_logging, format_line, read_jsonl
 from lmim.train_state import TrainState
 
 log = logging.getLogger("lmim")
@@ -171,15 +171,14 @@ def device_batch(setup: Setup, local: dict) -> dict:
   return sharding.global_batch({k: local[k] for k in setup.batch_shardings}, setup.mesh, batch_axis=1)
 
 
+def abstract_state(setup: Setup) -> TrainState:
+  """The train state as shapes, dtypes and target shardings (nothing is materialised)."""
+  return abstract_like(jax.eval_shape(setup.init_fn, setup.init_key), setup.state_shardings)
+
+
 def abstract_items(setup: Setup) -> dict:
-  """What a full-state restore expects: shapes, dtypes and the target shardings of each item."""
-  abstract = jax.eval_shape(setup.init_fn, setup.init_key)
-  out = {}
-  for name, tree in abstract.items().items():
-    if tree is not None:
-      sh = getattr(setup.state_shardings, name)
-      out[name] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
-  return out
+  """What a full-state restore expects: the checkpoint items of `abstract_state`."""
+  return {name: tree for name, tree in abstract_state(setup).items().items() if tree is not None}
 
 
 def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = None) -> dict:
@@ -402,8 +401,7 @@ def _restore_latest_good(ckpt, setup: Setup, workdir: str, host=None):
     return 0, None
   items = abstract_items(setup)
   if host is not None:
-    repl = sharding.replicated(setup.mesh)
-    items["host_state"] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), host)
+    items["host_state"] = abstract_like(host, sharding.replicated(setup.mesh))
   for step in steps:
     try:
       saved = ckpt.restore_meta(step)
@@ -506,24 +504,9 @@ def _log_parameters(params, workdir: str, writer):
 
 def _setup_logging(workdir: str):
   os.makedirs(workdir, exist_ok=True)
-  logger = logging.getLogger("lmim")
-  logger.setLevel(logging.INFO)
-  fmt = logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S")
-  if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-             for h in logger.handlers):
-    h = logging.StreamHandler()
-    h.setFormatter(fmt)
-    logger.addHandler(h)
-  if jax.process_index() == 0:
-    path = os.path.abspath(os.path.join(workdir, "log.txt"))
-    for h in list(logger.handlers):
-      if isinstance(h, logging.FileHandler):
-        logger.removeHandler(h)
-        h.close()
-    fh = logging.FileHandler(path)
-    fh.setFormatter(fmt)
-    logger.addHandler(fh)
-  logger.propagate = False
+  console_logging()
+  if jax.process_index() == 0:  # one log file per run, written by process 0
+    file_logging(os.path.abspath(os.path.join(workdir, "log.txt")))
 
 
 if __name__ == "__main__":
