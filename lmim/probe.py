@@ -17,7 +17,7 @@ import jax
 import ml_collections as mlc
 
 from lmim import methods, sharding
-from lmim.checkpoint import Checkpointer, find_checkpoint_dir
+from lmim.checkpoint import Checkpointer, abstract_like, find_checkpoint_dir
 from lmim.errors import ConfigError
 from lmim.evaluators import features
 
@@ -65,12 +65,11 @@ def restore(workdir: str, *, step: int | None = None, online: bool = True, ema: 
     if meta.get("source", {}).get("encoder_only"):
       params = {"encoder": params["encoder"]}  # lmim.convert --encoder_only wrote just the encoder
     repl = sharding.replicated(mesh)
-    as_abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), t)
     items = {}
     if online:
-      items["params"] = as_abstract(params)
+      items["params"] = abstract_like(params, repl)
     if ema:
-      items["ema_params"] = as_abstract(ema_tree)
+      items["ema_params"] = abstract_like(ema_tree, repl)
     out = ckpt.restore(step, items)
   finally:
     ckpt.close()
