@@ -1,5 +1,5 @@
-"""CMAE (Mao et al., arXiv 2205.10546) pretraining, as reconstructed in the spec (every choice a
-knob): ViT-B/16 on ImageNet-1k, or Tiny-ImageNet-200 as in the paper (`tiny=<root>`).
+"""CMAE (Mao et al., arXiv 2205.10546) pretraining, as reconstructed in docs/methods.md §1.3
+(every choice a knob): ViT-B/16 on ImageNet-1k, or Tiny-ImageNet-200 as in the paper (`tiny=<root>`).
 
     python -m lmim.train --config configs/cmae_in1k.py \
         --workdir gs://BUCKET/cmae/vitb16_in1k --config.input.data_dir=gs://BUCKET/tfds

@@ -1,4 +1,5 @@
-"""Reconstruction losses and the similarity regulariser of Latent MIM (spec §9), in float32.
+"""Reconstruction losses and the similarity regulariser of Latent MIM (docs/latent_mim.md §9), in
+float32.
 
 All inputs are (B, Lt, D) latents in the projector's space: predictions from the decoder,
 targets from the (stop-gradient) target encoder.
@@ -20,7 +21,7 @@ def standardize_over_patches(pred, eps: float = 1e-4):
 
 
 def patch_disc(pred, target, tau: float):
-  """PatchDisc (official `infonce_patches`, spec §9.1).
+  """PatchDisc (official `infonce_patches`, docs/latent_mim.md §9.1).
 
   InfoNCE over the targets of the same image: the positive of prediction i is target i, the
   negatives are the other Lt−1 targets of that image. Predictions are standardised across the
@@ -35,7 +36,8 @@ def patch_disc(pred, target, tau: float):
 
 
 def norm_mse(pred, target):
-  """Official `norm_l2` (spec §9.2): MSE to targets standardised per token (unbiased var + 1e-6)."""
+  """Official `norm_l2` (docs/latent_mim.md §9.2): MSE to targets standardised per token
+  (unbiased var + 1e-6)."""
   t = target.astype(jnp.float32)
   t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(jnp.var(t, axis=-1, keepdims=True, ddof=1) + 1e-6)
   return jnp.mean(jnp.square(pred.astype(jnp.float32) - t))
@@ -51,15 +53,16 @@ def pairwise_sim_per_image(z):
 
 
 def pairwise_sim(z):
-  """The official logged Sim (spec §9.5): per-image mean pairwise cosine, averaged over the batch."""
+  """The official logged Sim (docs/latent_mim.md §9.5): per-image mean pairwise cosine, averaged
+  over the batch."""
   return pairwise_sim_per_image(z).mean()
 
 
 def sim_regularizer(z, sim_target, group_size: int):
   """(Sim(z) − s_t)² where Sim is averaged over each group of `group_size` examples first.
 
-  The official code squares the mean over one GPU's micro-batch (spec §9.4); making the group
-  an explicit size keeps the loss independent of the device count and of accumulation.
+  The official code squares the mean over one GPU's micro-batch (docs/latent_mim.md §9.4); making
+  the group an explicit size keeps the loss independent of the device count and of accumulation.
   """
   sims = pairwise_sim_per_image(z).reshape(-1, group_size).mean(axis=1)
   return jnp.mean(jnp.square(sims - sim_target))

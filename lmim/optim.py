@@ -1,4 +1,4 @@
-"""AdamW with the official weight-decay rule and learning-rate schedule (spec §10).
+"""AdamW with the official weight-decay rule and learning-rate schedule (docs/latent_mim.md §10).
 
 torch AdamW and optax.adamw are the same update (decoupled decay lr·wd·θ, bias-corrected
 moments, eps outside the square root), so the official step is reproduced to round-off.

@@ -1,4 +1,5 @@
-"""Schedules of the official loop (spec §7, §9.4, §10), as functions of the optimiser step.
+"""Schedules of the official loop (docs/latent_mim.md §7, §9.4, §10), as functions of the
+optimiser step.
 
 The official code evaluates them at the fractional epoch t = step / steps_per_epoch, once per
 accumulation group; with T the total, t/T = step / total_steps, which is what is used here.

@@ -1,4 +1,4 @@
-"""Views of an image for masked modelling, drawn on device (spec §4, §5).
+"""Views of an image for masked modelling, drawn on device (docs/latent_mim.md §4, §5).
 
 Two independent random choices make a Latent MIM view:
 - gap patch extraction: the image is a g×g grid of (p+gap)-pixel cells and each cell gives one
@@ -42,7 +42,7 @@ def draw_views(keys, *, grid_size: int, gap: int):
 def patchify(images, patch_size: int, gap: int = 0, offsets=None):
   """images (B, H, W, C), H = W = g·(p+gap) -> patch vectors (B, g·g, p·p·C).
 
-  Vector order is (row, col, channel), channel fastest; patch id = row·g + col (spec §4).
+  Vector order is (row, col, channel), channel fastest; patch id = row·g + col (docs/latent_mim.md §4).
   `offsets` (B, g, g, 2) picks the p×p window inside each cell; ignored when gap == 0.
   """
   b, h, w, c = images.shape

@@ -12,8 +12,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Fixtures are read from ../shared beside the project root, never copied in.
-SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+# Golden outputs of the official implementations, held in the repository (tests/fixtures/README.md).
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def free_port() -> int:

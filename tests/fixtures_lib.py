@@ -1,7 +1,8 @@
 """Golden-fixture folders from the official implementations and the tolerances they set.
 
-Folders come from ../shared/fixtures/<source>/ beside the project root and from the
-colon-separated LMIM_PARITY_FIXTURES environment variable; each folder's config.json names its
+Folders come from tests/fixtures/<source>/ (in the repository; how they were made is in
+tests/fixtures/README.md) and from the colon-separated LMIM_PARITY_FIXTURES environment variable
+(more folders made the same way, e.g. other options or sizes); each folder's config.json names its
 `source`. Comparisons follow the fixture README: |a − b| ≤ atol + rtol·|b| elementwise.
 """
 import json
@@ -10,20 +11,23 @@ import pathlib
 
 import numpy as np
 
-from conftest import SHARED_FIXTURES
+from conftest import FIXTURES
 
 
 def fixture_dirs(source: str) -> list[pathlib.Path]:
-  dirs = []
-  base = SHARED_FIXTURES / source
-  if base.is_dir():
-    dirs += sorted(p for p in base.iterdir() if (p / "config.json").is_file())
+  """Every fixture folder of `source` ('official_lmim' or 'official_mae'); never empty, so the
+  parity tests cannot silently become no tests."""
+  base = FIXTURES / source
+  dirs = sorted(p for p in base.iterdir() if (p / "config.json").is_file()) if base.is_dir() else []
   for extra in filter(None, os.environ.get("LMIM_PARITY_FIXTURES", "").split(":")):
     p = pathlib.Path(extra)
     if not (p / "config.json").is_file():
       raise FileNotFoundError(f"LMIM_PARITY_FIXTURES lists {p}, which has no config.json")
-    if json.loads((p / "config.json").read_text()).get("source") == source and p not in dirs:
+    if json.loads((p / "config.json").read_text()).get("source") == source and p.resolve() not in {
+        d.resolve() for d in dirs}:
       dirs.append(p)
+  if not dirs:
+    raise FileNotFoundError(f"no '{source}' fixture folder in {base} or LMIM_PARITY_FIXTURES")
   return dirs
 
 

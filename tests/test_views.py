@@ -1,4 +1,4 @@
-"""Masking and gap-patchify invariants (spec §4, §5)."""
+"""Masking and gap-patchify invariants (docs/latent_mim.md §4, §5)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

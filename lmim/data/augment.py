@@ -1,4 +1,4 @@
-"""Fine-tuning augmentation with timm's semantics (MAE's recipe, spec methods §4c), on the host.
+"""Fine-tuning augmentation with timm's semantics (MAE's recipe, docs/methods.md §4c), on the host.
 
 RandAugment (`rand-m<M>-mstd<S>-inc1`): `n` = 2 operations drawn with replacement from the
 "increasing" set, each applied with probability 0.5 at a magnitude ~ N(M, S) clipped to [0, 10];

@@ -1,7 +1,7 @@
 """What feature-based evaluators share: which encoder, which representation, at which resolution.
 
 Every probe choice that decides whether a number is comparable to a published one is a field
-(spec methods §4.0), validated here with one-line errors:
+(docs/methods.md §4.0), validated here with one-line errors:
   encoder     'online' (the trained encoder) or 'ema' (the momentum target, where one exists)
   feature     see lmim.evaluators.features.FEATURES (official NN feature, CLS, pooled, block k)
   image_size  evaluation resolution (default: the method's g·p); any multiple of the patch size,

@@ -1,4 +1,4 @@
-"""DAVIS-2017 scores as the official `davis2017-evaluation` computes them (spec methods §4d),
+"""DAVIS-2017 scores as the official `davis2017-evaluation` computes them (docs/methods.md §4d),
 in numpy/scipy (no OpenCV, no scikit-image):
 
   J   region similarity: IoU of the binary result and GT masks of one object in one frame,

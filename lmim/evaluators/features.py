@@ -1,6 +1,6 @@
 """Frozen-encoder features for evaluation, extracted sharded over the mesh.
 
-Feature names (the choice decides whether numbers are comparable; spec methods §4.0):
+Feature names (the choice decides whether numbers are comparable; docs/methods.md §4.0):
   pooled_pre_norm  mean of patch tokens of the last block, before the final LayerNorm, without
                    the projector: the official Latent MIM NN feature
   pooled           mean of patch tokens after the final LayerNorm (MAE fine-tuning's pooling)

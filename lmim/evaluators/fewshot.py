@@ -1,4 +1,4 @@
-"""Few-shot transfer: CoOp's K-shot splits plus the CLIP-style linear probe (spec methods §4e).
+"""Few-shot transfer: CoOp's K-shot splits plus the CLIP-style linear probe (docs/methods.md §4e).
 
 For every dataset, every K in `shots` and every seed in `seeds`:
   sample    K train images per class without replacement, and min(K, val_shots) val images per

@@ -1,4 +1,4 @@
-"""End-to-end fine-tuning, MAE's recipe (spec methods §4c), sharded like pretraining.
+"""End-to-end fine-tuning, MAE's recipe (docs/methods.md §4c), sharded like pretraining.
 
     model     the pretrained encoder (no projector) with stochastic depth (linear ramp to
               `drop_path`), global average pooling of the last block's patch tokens → fc_norm (LN)

@@ -1,4 +1,4 @@
-"""Weighted k-NN classification, the DINO protocol (spec methods §4a): a bank of train features,
+"""Weighted k-NN classification, the DINO protocol (docs/methods.md §4a): a bank of train features,
 queries from the evaluation split.
 
     score(c) = Σ_{j ∈ top-k(q)} exp(cos(q, b_j) / T) · [label_j = c]      k = 20, T = 0.07

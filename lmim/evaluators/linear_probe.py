@@ -1,4 +1,4 @@
-"""Linear probe, MAE's recipe (spec methods §4b): BatchNorm without affine + one linear layer on
+"""Linear probe, MAE's recipe (docs/methods.md §4b): BatchNorm without affine + one linear layer on
 frozen features, LARS, cosine schedule with linear warmup.
 
     head      BN(D, affine=False, eps 1e-6) → Linear(D, C), weight ~ trunc-normal(0.01), bias 0

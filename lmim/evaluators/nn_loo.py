@@ -1,9 +1,9 @@
 """The official Latent MIM "NN" metric: leave-one-out 1-NN inside the evaluation split.
 
 Each evaluation image is classified by the label of its most cosine-similar *other* image of the
-same split (spec §11.1). Two quirks of the official implementation are fixed, without changing
-what is measured: every image is counted (the official loader drops the last partial batch),
-and the image itself is excluded explicitly (the official code takes the second of the top-2
+same split (docs/latent_mim.md §11.1). Two quirks of the official implementation are fixed,
+without changing what is measured: every image is counted (the official loader drops the last
+partial batch), and the image itself is excluded explicitly (the official code takes the second of the top-2
 neighbours, which assumes the image is its own first neighbour; duplicates break that).
 Similarities are computed in chunks of queries, so memory is O(chunk · N), not O(N²).
 

@@ -1,7 +1,8 @@
 """CMAE (Mao et al., arXiv 2205.10546): MAE with a smaller decoder, a contrastive task and a token
-position-prediction task on the encoder, and ContrastiveCrop views (spec methods §1–§2).
+position-prediction task on the encoder, and ContrastiveCrop views (docs/methods.md §1–§2).
 
-The paper's text was not available; this follows the spec's reconstruction, every choice a knob:
+The paper's text was not available; this follows the reconstruction in docs/methods.md §1.3,
+every choice a knob:
     v1, v2   = two ContrastiveCrop views of each image (RandomResizedCrop until the first boxes)
     per view: MAE masking 0.75, encoder on the visible tokens, a 2×256 pixel decoder, norm-pix MSE
     L_con    = symmetric InfoNCE between projected CLS tokens of v1 and v2 (batch negatives, τ 0.2, ×2τ)

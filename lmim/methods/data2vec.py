@@ -1,4 +1,4 @@
-"""data2vec v1, vision (Baevski et al., ICML 2022) in lmim's house (spec methods §5.1).
+"""data2vec v1, vision (Baevski et al., ICML 2022) in lmim's house (docs/methods.md §5.1).
 
     mask    = BEiT block masking, ~120 of 196 patches (on device, static boolean grid)
     student = Encoder(all patches, masked ones replaced by a learned mask token)

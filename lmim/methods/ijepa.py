@@ -1,4 +1,4 @@
-"""I-JEPA (Assran et al., CVPR 2023) in lmim's house (spec methods §5.2).
+"""I-JEPA (Assran et al., CVPR 2023) in lmim's house (docs/methods.md §5.2).
 
     targets  = 4 blocks per image (scale 0.15–0.2 of the grid, aspect 0.75–1.5)
     context  = one block (scale 0.85–1, square) minus every target block

@@ -1,7 +1,7 @@
 """Latent MIM (Wei, Gupta & Morgado, ECCV 2024) exactly as the official code computes it, plus
 the paper's ablation axes as config switches.
 
-One optimiser step (spec §1, §7), default switches:
+One optimiser step (docs/latent_mim.md §1, §7), default switches:
     θ_T ← m·θ_T + (1−m)·θ_O                     EMA, once per step, before any target forward
     patches   = gap-patchify(images)             (B, L, p·p·C), random offset per cell
     visible, targets = split(argsort(noise))     Lv visible, Lt = L − Lv targets
@@ -32,7 +32,7 @@ TARGET_MODES = ("ema", "shared_stopgrad", "joint", "independent")
 
 
 def add_config(c) -> None:
-  """Latent MIM's fields (defaults = the official code's, spec §2)."""
+  """Latent MIM's fields (defaults = the official code's, docs/latent_mim.md §2)."""
   c.views = mlc.ConfigDict(dict(
       patch_gap=4,             # pixels between cells; train images are g·(p+gap) px, eval g·p px
       num_vis=20,              # visible patches per image (mask ratio 1 − 20/196 ≈ 0.9)
@@ -121,7 +121,7 @@ class LatentMIM:
   # Parameters -------------------------------------------------------------------------------
   def init(self, rng):
     """(params, ema_params). With EMA targets, the target starts as an exact copy of the online
-    encoder (spec §7); `independent` gives the target encoder its own initialisation."""
+    encoder (docs/latent_mim.md §7); `independent` gives the target encoder its own initialisation."""
     k_enc, k_dec, k_trg = jax.random.split(rng, 3)
     patch_dim = self.patch_size ** 2 * self.channels
     enc = init_encoder(self.encoder, k_enc, self.num_vis, patch_dim)
@@ -166,7 +166,7 @@ class LatentMIM:
     return {"mse": losses.mse, "l1": losses.l1}[name](pred, target)
 
   def forward(self, params, ema_params, images, shuffle, offsets, sim_target):
-    """Every intermediate of the official forward (the parity checkpoints of spec §14)."""
+    """Every intermediate of the official forward (the parity checkpoints of docs/latent_mim.md §14)."""
     patches = views.patchify(images, self.patch_size, self.gap, offsets)
     vis_idx, mask_idx = shuffle[:, :self.num_vis], shuffle[:, self.num_vis:]
     trg_idx = mask_idx if self.config.views.mask_target else shuffle

@@ -1,4 +1,4 @@
-"""PCAE (Li et al., ICLR 2023): Progressively Compressed Auto-Encoder (spec methods §3).
+"""PCAE (Li et al., ICLR 2023): Progressively Compressed Auto-Encoder (docs/methods.md §3).
 
 One random mask per image (MAE's argsort of noise, ratio 0.75):
     student:  Encoder(patches[visible])                    CLS + 49 visible tokens (ViT-B/16)

@@ -1,4 +1,4 @@
-"""Cross-attention decoder with visual cues (spec §8).
+"""Cross-attention decoder with visual cues (docs/latent_mim.md §8).
 
 Queries are a decoder CLS plus one mask token per target position; the memory is the embedded
 visible latents, which no block updates (each block reads it through its own `norm2kv`).
@@ -57,7 +57,7 @@ class CrossDecoder(_Decoder):
     x = layers.dense(self.width, "embed", self.dtype)(latents).astype(jnp.float32)
     table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb)
     q = self.queries(x, table, cls_token, mask_token, visible_ids, target_ids)
-    self.sow("intermediates", "queries", q)  # parity checkpoint 5 (spec §14)
+    self.sow("intermediates", "queries", q)  # parity checkpoint 5 (docs/latent_mim.md §14)
     memory = x + gather_positions(table, visible_ids, with_cls=True)  # encoder CLS gets PE row 0
 
     block = layers.remat(layers.CrossBlock, self.remat)

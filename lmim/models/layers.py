@@ -4,7 +4,7 @@ Module and parameter names follow the official PyTorch code (`qkv`, `proj`, `fc1
 so the converter is a mechanical rename and the weight-decay rule (which matches on names
 containing "norm", "embed" or "bias") means the same thing in both codebases.
 
-Numerics (spec §6.1, §14): LayerNorm with the two-pass (torch) variance, exact erf GELU,
+Numerics (docs/latent_mim.md §6.1, §14): LayerNorm with the two-pass (torch) variance, exact erf GELU,
 softmax in float32 even when the matmuls run in bfloat16, xavier-uniform init on the *full*
 fused weight (so the fused qkv has bound sqrt(6/(D+3D)) as in the official init).
 """
@@ -130,7 +130,8 @@ class Block(nn.Module):
 
 
 class CrossBlock(nn.Module):
-  """Decoder block (spec §8): self-attention among queries, cross-attention to a fixed memory, MLP."""
+  """Decoder block (docs/latent_mim.md §8): self-attention among queries, cross-attention to a
+  fixed memory, MLP."""
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32

@@ -1,4 +1,4 @@
-"""Fixed 2-D sin-cos position embeddings: Latent MIM's table (spec §6.2) and MAE's.
+"""Fixed 2-D sin-cos position embeddings: Latent MIM's table (docs/latent_mim.md §6.2) and MAE's.
 
 Two details of Latent MIM's table differ from MAE's and matter for parity with released checkpoints:
 - cell (i, j) sits at continuous coordinates (u_i, v_j) = linspace(0, 1, g)·g, not at the

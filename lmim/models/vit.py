@@ -1,4 +1,4 @@
-"""ViT encoder of Latent MIM (spec §6): online and target encoders share this module.
+"""ViT encoder of Latent MIM (docs/latent_mim.md §6): online and target encoders share this module.
 
 The encoder consumes an arbitrary subset of a g×g grid of patch vectors, together with the
 patch ids (pid = row·g + col) that place them on the grid. Position embeddings index the grid
@@ -68,8 +68,8 @@ def gather_positions(table, patch_ids, with_cls: bool):
 
 
 class Projector(nn.Module):
-  """The latent projector (spec §6.1.6): [Linear(no bias) -> LN(eps 1e-5) -> GELU] x (depth-1),
-  then Linear(no bias) -> LN. Applied to every token, CLS included."""
+  """The latent projector (docs/latent_mim.md §6.1.6): [Linear(no bias) -> LN(eps 1e-5) -> GELU]
+  x (depth-1), then Linear(no bias) -> LN. Applied to every token, CLS included."""
   hidden: int
   depth: int
   dtype: Any = jnp.float32
@@ -97,7 +97,7 @@ class PatchEmbed(nn.Module):
 
 
 def reduce_tokens(x, ids, keep: int, keys=None):
-  """Progressive token reduction (PCAE, spec methods §3.3): keep the `keep` patch tokens least
+  """Progressive token reduction (PCAE, docs/methods.md §3.3): keep the `keep` patch tokens least
   similar to the mean token (cosine), or a random `keep` when per-example `keys` (B,) are given
   ("RD" ablation).
 
@@ -174,7 +174,7 @@ class Encoder(nn.Module):
     prefix = 0
     if self.use_cls:
       cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width), jnp.float32)
-      # CLS gets position row 0, which is zero in every table (spec §6.1): nothing to add.
+      # CLS gets position row 0, which is zero in every table (docs/latent_mim.md §6.1): nothing to add.
       x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)
       prefix = 1
       if key_mask is not None:
