@@ -1,4 +1,4 @@
-"""Evaluation presets: every probe choice fixed as each paper did (spec methods §4).
+"""Evaluation presets: every probe choice fixed as each paper did (docs/methods.md §4).
 
     python -m lmim.evaluate --workdir WD --config configs/eval.py:preset=official_nn
     python -m lmim.evaluate --workdir WD --config configs/eval.py:preset=all,data_dir=gs://BUCKET/tfds --check
@@ -27,7 +27,6 @@ Arguments: preset, data (ImageNet's TFDS name), data_dir, encoder (online|ema).
 import ml_collections as mlc
 
 from lmim import config_lib
-from lmim.errors import ConfigError
 
 IMAGENET = "imagenet2012"
 
@@ -93,7 +92,8 @@ def demo(a):
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, preset="official_nn", data=IMAGENET, data_dir="", encoder="online")
+  a = config_lib.parse_arg(arg, choices={"preset": [*PRESETS, "all", "demo"], "encoder": ("online", "ema")},
+                          preset="official_nn", data=IMAGENET, data_dir="", encoder="online")
   c = mlc.ConfigDict()
   c.preset = a.preset
   c.mesh = dict(data=-1, fsdp=1)
@@ -101,8 +101,5 @@ def get_config(arg=None):
   if a.preset == "demo":
     c.evals = demo(a)
     return c
-  if any(n not in PRESETS for n in names):
-    raise ConfigError("<config argument> preset", a.preset,
-                                 f"one of {sorted(PRESETS) + ['all', 'demo']}")
   c.evals = {n: PRESETS[n](a) for n in names}
   return c

@@ -28,7 +28,6 @@ imagenet2012 restricted to CMC's 100 classes, pass it as a prepared TFDS dataset
 """
 from configs import lmim_vitb16_in1k
 from lmim import config_lib
-from lmim.errors import ConfigError
 
 # Each row: overrides on top of the official recipe (dotted field -> value).
 _COLLAPSE = {"loss.name": "mse", "views.num_vis": 49, "views.patch_gap": 0, "sim_reg.coeff": 0.0,
@@ -64,9 +63,8 @@ def apply(c, overrides: dict):
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, row="dec_cues_mlp", epochs=300, data="imagenet2012", runlocal=False)
-  if a.row not in ROWS:
-    raise ConfigError("<config argument> row", a.row, f"one of {sorted(ROWS)}")
+  a = config_lib.parse_arg(arg, choices={"row": ROWS}, row="dec_cues_mlp", epochs=300,
+                          data="imagenet2012", runlocal=False)
   c = lmim_vitb16_in1k.get_config("runlocal" if a.runlocal else None)
   if not a.runlocal:
     c.input.data = a.data

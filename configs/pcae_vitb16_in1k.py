@@ -17,8 +17,8 @@ from lmim import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, variant="B/16", epochs=400, drop_case=0, random_drop=False,
-                           mask_ratio=0.75, runlocal=False)
+  a = config_lib.parse_arg(arg, choices={"drop_case": (0, 1, 2, 3)}, variant="B/16", epochs=400,
+                          drop_case=0, random_drop=False, mask_ratio=0.75, runlocal=False)
   c = config_lib.base_config("pcae")
   c.model.variant = a.variant
   c.pcae.update(dict(drop_case=a.drop_case, random_drop=a.random_drop, mask_ratio=a.mask_ratio))

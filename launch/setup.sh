@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or update) the project's virtual environment with the pinned, tested requirements.
+# Create (or update) the project's virtual environment with the pinned, tested requirements, and
+# install lmim itself into it (editable: the `lmim-*` commands run this checkout's code).
 #   bash launch/setup.sh            # uses python3.11 if present, else python3
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail
@@ -10,3 +11,5 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+# Every dependency is pinned above; the package itself adds only its code and console scripts.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

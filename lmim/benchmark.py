@@ -56,6 +56,11 @@ def format_report(r: dict) -> str:
           f"{r['image_size']} px on {r['devices']} device(s)")
 
 
-if __name__ == "__main__":
+def main():
+  """The `lmim-benchmark` command (python -m lmim.benchmark)."""
   from lmim import cli  # pylint: disable=import-outside-toplevel
   cli.main_benchmark(benchmark, format_report)
+
+
+if __name__ == "__main__":
+  main()

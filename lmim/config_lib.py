@@ -2,14 +2,15 @@
 resolution (steps or epochs) and the checks that run before anything compiles.
 
 Every config file under `configs/` starts from `base_config()`, which holds the official
-Latent MIM defaults (spec §2), and changes what its recipe changes. Because the config is
+Latent MIM defaults (docs/latent_mim.md §2), and changes what its recipe changes. Because the config is
 locked, a typo in a command-line override (`--config.optim.blr=...`) fails loudly.
 """
+import difflib
 import math
 
 import ml_collections as mlc
 
-from lmim.errors import ConfigError
+from lmim.errors import ConfigArgumentError, ConfigError
 
 # Fields that may change when a run is resumed: they do not change what is being trained.
 RESUMABLE_FIELDS = ("log_every_steps", "checkpoint", "evals", "mesh", "fsdp_min_size_mb",
@@ -130,20 +131,41 @@ def runlocal(c: mlc.ConfigDict) -> mlc.ConfigDict:
   return c
 
 
-def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
-  """'variant=S/16,runlocal' -> ConfigDict typed by `defaults`; a bare name means True."""
+_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def parse_arg(arg: str | None, choices: dict | None = None, **defaults) -> mlc.ConfigDict:
+  """'variant=S/16,runlocal' -> ConfigDict typed by `defaults`; a bare name means True.
+
+  `choices` maps an argument to its valid values. Every problem (an unknown argument, a value of
+  the wrong type, a value outside its choices) is one ConfigArgumentError naming the argument and
+  what is valid, raised before the config is built.
+  """
+  choices = choices or {}
   out = mlc.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
+    key, has_value, value = item.partition("=")
+    key = key.strip()
     if key not in defaults:
-      raise ConfigError(f"<config argument> {key}", value or True, f"one of {sorted(defaults)}")
-    kind = type(defaults[key])
+      close = difflib.get_close_matches(key, list(defaults), n=1)
+      hint = f"did you mean '{close[0]}'? " if close else ""
+      raise ConfigArgumentError(key, value if has_value else True,
+                                f"{hint}this config's arguments are {', '.join(sorted(defaults))}")
+    kind = type(defaults[key]) if defaults[key] is not None else str
     if kind is bool:
       if value not in ("", "True", "true", "1", "False", "false", "0"):
-        raise ConfigError(f"<config argument> {key}", value, "a boolean")
+        raise ConfigArgumentError(key, value, "true or false (a bare name means true)")
       out[key] = value in ("", "True", "true", "1")
-    else:
-      out[key] = kind(value) if defaults[key] is not None else value
+      continue
+    if not has_value:
+      raise ConfigArgumentError(key, True, f"needs a value: {key}=<{_KIND_WORDS.get(kind, kind.__name__)}>")
+    try:
+      out[key] = kind(value)
+    except (TypeError, ValueError):
+      raise ConfigArgumentError(key, value, _KIND_WORDS.get(kind, kind.__name__)) from None
+  for key, valid in choices.items():
+    if out[key] not in valid:
+      raise ConfigArgumentError(key, out[key], f"one of {', '.join(str(v) for v in sorted(valid))}")
   return out
 
 

@@ -278,6 +278,11 @@ def convert_checkpoint(config, checkpoint: str, workdir: str, encoder_only: bool
   return os.path.join(workdir, "checkpoints")
 
 
-if __name__ == "__main__":
+def main():
+  """The `lmim-convert` command (python -m lmim.convert)."""
   from lmim import cli  # pylint: disable=import-outside-toplevel
   cli.main_convert(convert_checkpoint)
+
+
+if __name__ == "__main__":
+  main()

@@ -15,12 +15,29 @@ class LmimError(ValueError):
   """Base class: a problem with the user's input, explained in one line."""
 
 
-class ConfigError(LmimError):
-  """A config field holds a value that cannot work."""
+_NO_VALUE = object()
 
-  def __init__(self, field: str, value, valid: str):
+
+class ConfigError(LmimError):
+  """A config field holds a value that cannot work: `ConfigError(field, value, valid)`.
+
+  A single argument is taken as the whole message, so libraries that rebuild an exception from
+  its text (absl, ml_collections, pickling across processes) get a working error back.
+  """
+  what = "config.{field}={value!r} is invalid: {valid}"
+
+  def __init__(self, field: str, value=_NO_VALUE, valid: str | None = None):
     self.field, self.value, self.valid = field, value, valid
-    super().__init__(f"config.{field}={value!r} is invalid: {valid}")
+    message = field if value is _NO_VALUE else self.what.format(field=field, value=value, valid=valid)
+    super().__init__(message)
+
+  def __reduce__(self):
+    return type(self), (str(self),)
+
+
+class ConfigArgumentError(ConfigError):
+  """An argument after the config file's colon (`configs/x.py:row=...`) is unknown or invalid."""
+  what = "config argument {field}={value!r} is invalid: {valid}"
 
 
 class DataNotPreparedError(LmimError):

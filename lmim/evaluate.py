@@ -61,8 +61,12 @@ def evaluate(config, workdir: str, *, step: int | None = None, results_name: str
              devices=None) -> dict:
   """Run every evaluator of `config.evals` on a checkpoint; returns the results dict."""
   mesh = sharding.make_mesh(config.get("mesh", mlc.ConfigDict(dict(data=-1, fsdp=1))), devices)
-  wants = {ev.get("encoder", "online") for ev in config.evals.values()}
-  restored = probe.restore(workdir, step=step, online="online" in wants, ema="ema" in wants, mesh=mesh)
+  # The trees the evaluators read: an EMA named by an `encoder=ema` field must exist; one read
+  # alongside the online weights (collapse) is restored where the method keeps one.
+  named = {ev.get("encoder", "online") for ev in config.evals.values()}
+  wants = set().union(*(evaluators.encoders_read(ev) for ev in config.evals.values()))
+  ema = True if "ema" in named else ("if_kept" if "ema" in wants else False)
+  restored = probe.restore(workdir, step=step, online="online" in wants, ema=ema, mesh=mesh)
   state = EvalState(restored.params, restored.ema_params)
   out_dir = os.path.join(workdir, "eval")
   writer = MetricWriter(out_dir)
@@ -100,31 +104,28 @@ def format_table(results: dict) -> str:
 
 
 def main(argv=None):
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  """The `lmim-evaluate` command (python -m lmim.evaluate)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
   from lmim import cli  # pylint: disable=import-outside-toplevel
-  config_flags.DEFINE_config_file("config", "configs/eval.py", "Evaluation config (evals.<name>).",
-                                  lock_config=True)
   flags.DEFINE_string("workdir", None, "An lmim workdir (or a converted official checkpoint).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_bool("check", False, "Only list each evaluator's datasets and whether they are prepared.")
   cli.define_distributed_flags()
   flags.mark_flags_as_required(["workdir"])
 
-  def run(_):
+  def run(cfg, path):
     cli.initialize_distributed()
-    cfg = flags.FLAGS.config
     if flags.FLAGS.check:
       rows = cli.guard(lambda: preflight(cfg))
       print(format_preflight(rows))
       sys.exit(0 if all(r["ok"] for r in rows) else 1)
     console_logging()
-    name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+    name = path.stem
     res = cli.guard(lambda: evaluate(cfg, flags.FLAGS.workdir, step=flags.FLAGS.step,
                                      results_name=f"{name}_{cfg.get('preset', 'custom')}"))
     print(format_table(res))
     print(f"results: {res.get('path')}")
-  app.run(run, argv)
+  cli.run_app(run, default_config="configs/eval.py", argv=argv)
 
 
 if __name__ == "__main__":

@@ -292,40 +292,37 @@ def _ensure_devices(n: int):
 
 
 def main():
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  """The `lmim-plan` command (python -m lmim.plan)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
   from lmim import cli  # pylint: disable=import-outside-toplevel
 
-  config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
   flags.DEFINE_integer("devices", None, "Number of devices (virtual CPU devices) to compile for.")
   flags.DEFINE_bool("json", False, "Print the result as one line of JSON.")
   flags.DEFINE_bool("global_flops", None, "Also count FLOPs on the lowered, unscanned global program "
                     "(default: only when model.scan_layers makes XLA's compiled count too low).")
   flags.DEFINE_bool("table", False, "Compute the README memory table (ViT-B/L/H on common slices).")
 
-  def run(argv):
-    del argv
+  def run(config, _):
     f = flags.FLAGS
     if f.table:
       table()
       return
-    if f.config is None or f.devices is None:
-      print("lmim: error: --config and --devices are required (or --table)", file=sys.stderr)
-      sys.exit(2)
+    if config is None or f.devices is None:
+      cli.fail("--config and --devices are required (or --table)")
 
     def go():
       if f.devices < 1:
         raise PlanError(f"--devices={f.devices} is invalid: must be >= 1")
-      config_lib.mesh_shape(f.config.mesh, f.devices)  # a bad mesh fails before any re-exec
+      config_lib.mesh_shape(config.mesh, f.devices)  # a bad mesh fails before any re-exec
       _ensure_devices(f.devices)
-      return plan(f.config, f.devices, global_flops=f.global_flops)
+      return plan(config, f.devices, global_flops=f.global_flops)
     result = cli.guard(go)
     if f.json:
       import json  # pylint: disable=import-outside-toplevel
       print(json.dumps(result))
     else:
       print(format_report(result))
-  app.run(run)
+  cli.run_app(run, config="optional")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def build(config, info, devices=None, source=None) -> Setup:
     traces.append(1)  # runs at trace time only
     step = state.step
     key = jax.random.fold_in(key, step)
-    # Targets first (spec §7): one EMA step per optimiser step, from the previous online weights.
+    # Targets first (docs/latent_mim.md §7): one EMA step per optimiser step, from the previous
+    # online weights.
     ema = None if state.ema_params is None else method.update_targets(state.ema_params, state.params, step)
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
 
@@ -184,13 +185,15 @@ def abstract_items(setup: Setup) -> dict:
 def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = None) -> dict:
   """Pretrain (or resume) in `workdir`. `stop_after_steps` ends early, as a preemption would."""
   ########################################################################################
-  # Logging.
+  # Config, data and shapes first: a rejected run (a bad field, data that is not prepared)
+  # says why in one line and leaves nothing on disk. Then the workdir and logging.
   ########################################################################################
+  console_logging()
+  setup = prepare(config, devices)
+  cfg, method, mesh = setup.config, setup.method, setup.mesh
   check_workdir(workdir)
   _setup_logging(workdir)
   distributed.preflight(workdir)  # multi-host: same code everywhere, one shared workdir
-  setup = prepare(config, devices)
-  cfg, method, mesh = setup.config, setup.method, setup.mesh
 
   ########################################################################################
   # Checkpoint resume. Precedence: the workdir's own latest checkpoint, else a fresh start.
@@ -273,7 +276,7 @@ def _loop(setup, ckpt, writer, evals, config, state, batches, first, host, start
   cfg, method, mesh = setup.config, setup.method, setup.mesh
   total = cfg.total_steps
   pending, t_last, step_last = [], time.perf_counter(), start_step
-  local = first
+  local, previous = first, None
   for step in range(start_step, stop):
     if local is None:
       local = next(batches)
@@ -283,6 +286,13 @@ def _loop(setup, ckpt, writer, evals, config, state, batches, first, host, start
     local = None
     pending.append(metrics)
     done = step + 1
+    # At most one step in flight ahead of the one the device is running: step `done` is queued
+    # before we wait for the previous one, so the device never idles, yet the host never runs
+    # many steps ahead — a SIGTERM is then saved within one step of arriving, not after every
+    # step already dispatched (spot VMs give ~30 s).
+    if previous is not None:
+      jax.block_until_ready(previous)
+    previous = metrics
     # Host-side only: a signal flag, or on TPU pods Orbax's agreed preemption step (all hosts).
     preempted = preemption.requested or ckpt.reached_preemption(done)
     save_due = done == stop or preempted or bool(
@@ -509,6 +519,11 @@ def _setup_logging(workdir: str):
     file_logging(os.path.abspath(os.path.join(workdir, "log.txt")))
 
 
-if __name__ == "__main__":
+def main():
+  """The `lmim-train` command (python -m lmim.train)."""
   from lmim import cli  # pylint: disable=import-outside-toplevel
   cli.main_train(train)
+
+
+if __name__ == "__main__":
+  main()
