@@ -9,6 +9,12 @@ bitwise those of an in-process run. On success it writes WORKDIR/final_params.np
                               has started (the arrays are being written in the background)
   --fsize-limit B             RLIMIT_FSIZE: writing any file past B bytes fails with EFBIG, the
                               way a full disk fails a write
+  --heavy                     a model whose step is slow on the device and quick on the host (as
+                              on a real accelerator), metrics fetched rarely: asynchronous
+                              dispatch could let the host run many steps ahead
+  --one-device                one CPU device instead of 8 (as the main job runs here)
+  --sigterm-at-host-step S    send this process SIGTERM as the host prepares step S (0-based),
+                              printing how many steps the device has finished at that moment
 """
 import argparse
 import os
@@ -23,7 +29,8 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-jax.config.update("jax_num_cpu_devices", 8)
+# `--one-device` (argv is read before jax starts): the main job's setting, one CPU device.
+jax.config.update("jax_num_cpu_devices", 1 if "--one-device" in sys.argv else 8)
 jax.config.update("jax_compilation_cache_dir", os.environ.get("LMIM_TEST_JAX_CACHE", "/tmp/lmim_test_jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
@@ -31,9 +38,40 @@ from lmim import checkpoint, cli, train  # pylint: disable=wrong-import-position
 from tiny import tiny_config  # pylint: disable=wrong-import-position
 
 
-def config(steps: int):
-  return tiny_config(**{"total_steps": steps, "checkpoint.every_steps": 2, "log_every_steps": 1,
-                        "checkpoint.keep_last": 3})
+def config(steps: int, heavy: bool = False):
+  c = tiny_config(**{"total_steps": steps, "checkpoint.every_steps": 2, "log_every_steps": 1,
+                     "checkpoint.keep_last": 3})
+  if heavy:
+    # The main job's model and batch (configs/lmim_demo.py), where the host outruns the device.
+    c = tiny_config(**{"total_steps": steps, "checkpoint.every_steps": 1000, "log_every_steps": 1000,
+                       "model.width": 96, "model.depth": 4, "model.num_heads": 4, "model.grid_size": 7,
+                       "model.projector.dim": 384, "model.decoder.width": 64, "model.decoder.depth": 2,
+                       "model.decoder.num_heads": 4, "views.num_vis": 10, "batch_size": 128,
+                       "sim_reg.group_size": 64})
+  return c
+
+
+def signal_at_host_step(step: int):
+  """SIGTERM to this process when the host prepares `step`; prints the device's progress then
+  (train steps whose metrics are ready), observed by wrapping the compiled train step's calls."""
+  outputs = []
+  call = jax.stages.Compiled.__call__
+
+  def recording_call(self, *args, **kwargs):
+    out = call(self, *args, **kwargs)
+    outputs.append(out[1])  # (state, metrics): the state is donated to the next step, the metrics stay
+    return out
+  jax.stages.Compiled.__call__ = recording_call
+  device_batch, calls = train.device_batch, [0]
+
+  def hooked_device_batch(*args, **kwargs):
+    if calls[0] == step:
+      done = sum(all(x.is_ready() for x in jax.tree.leaves(o)) for o in outputs)
+      print(f"SIGTERM at host step {step}: device finished {done} steps", flush=True)
+      os.kill(os.getpid(), signal.SIGTERM)
+    calls[0] += 1
+    return device_batch(*args, **kwargs)
+  train.device_batch = hooked_device_batch
 
 
 def flat_params(params) -> dict:
@@ -51,7 +89,12 @@ def main():
   ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (as a preemption)")
   ap.add_argument("--sleep-per-step", type=float, default=0.0,
                   help="host-side pause before each step, so a signal lands mid-run (numerics unchanged)")
+  ap.add_argument("--heavy", action="store_true")
+  ap.add_argument("--one-device", action="store_true")
+  ap.add_argument("--sigterm-at-host-step", type=int, default=None)
   a = ap.parse_args()
+  if a.sigterm_at_host_step is not None:
+    signal_at_host_step(a.sigterm_at_host_step)
   if a.kill_after_save_start is not None:
     save = checkpoint.Checkpointer.save
 
@@ -72,7 +115,7 @@ def main():
   if a.fsize_limit is not None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
     resource.setrlimit(resource.RLIMIT_FSIZE, (a.fsize_limit, a.fsize_limit))
-  out = cli.guard(lambda: train.train(config(a.steps), a.workdir, stop_after_steps=a.stop_after))
+  out = cli.guard(lambda: train.train(config(a.steps, a.heavy), a.workdir, stop_after_steps=a.stop_after))
   print(f"finished at step {out['step']} preempted={out.get('preempted')}", flush=True)
   np.savez(os.path.join(a.workdir, "final_params.npz"), **flat_params(out["state"].params))
 

@@ -110,6 +110,22 @@ def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
   assert ck.latest_step() == step and ck.restore_meta(step)["data_position"] == step * 16
 
 
+def test_sigterm_is_saved_within_one_step_although_dispatch_is_asynchronous(tmp_path):
+  """The device is the slow side and metrics are fetched rarely, so without a bound the host would
+  dispatch steps far ahead of the device and save only after all of them; lmim keeps at most one
+  step queued behind the one running."""
+  proc = subprocess.Popen([*WORKER, str(tmp_path), "--steps", "200", "--heavy", "--one-device",
+                           "--sigterm-at-host-step", "60"],
+                          env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  finished = int(re.search(r"SIGTERM at host step 60: device finished (\d+) steps", out).group(1))
+  saved = int(re.search(r"Preempted: saved step (\d+)", out).group(1))
+  # `finished` steps are done; one runs and one may be queued behind it.
+  assert finished + 1 <= saved <= finished + 2, out[-2000:]
+  assert Checkpointer(str(tmp_path / "checkpoints"), create=False).latest_step() == saved
+
+
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
   wd = str(tmp_path)
   train.train(config(STEPS), wd, stop_after_steps=6)  # checkpoints 2, 4, 6
