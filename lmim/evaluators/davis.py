@@ -1,5 +1,5 @@
 """DAVIS-2017 semi-supervised video object segmentation by label propagation, DINO's protocol
-(`dino:eval_video_segmentation.py`, spec methods §4d), scored as `davis2017-evaluation` does.
+(`dino:eval_video_segmentation.py`, docs/methods.md §4d), scored as `davis2017-evaluation` does.
 
 For every video of `split` (TFDS 'davis/480p' 'validation': DAVIS-2017 val, 30 sequences):
   frames   RGB /255, resized (bilinear, no antialias, rounded to 8 bits like cv2.resize on
@@ -27,8 +27,9 @@ padded to a multiple of 8, and the affinity is built `chunk` target rows at a ti
 one compile per frame shape and memory grows with neither the video length nor hw × n_ctx·hw.
 Only the per-object per-frame scores stay on the host.
 
-Data: TFDS 'davis/480p' read with `tfds.data_source` (array_record; build with
-`tfds build davis/480p --file_format=array_record`). Each example: video = {frames (N, H, W, 3),
+Data: TFDS 'davis/480p' read with `tfds.data_source` (array_record; TFDS's builder needs
+TensorFlow, so it is built in a separate environment: the command is in the error an unprepared
+dataset gives, lmim.data.prepare.how_to_prepare). Each example: video = {frames (N, H, W, 3),
 segmentations (N, H, W, 1)}, metadata = {video_name, num_frames}.
 """
 import functools
