@@ -46,11 +46,12 @@ class Restored:
   ema_params: Any = None
 
 
-def restore(workdir: str, *, step: int | None = None, online: bool = True, ema: bool = False,
+def restore(workdir: str, *, step: int | None = None, online: bool = True, ema: bool | str = False,
             mesh=None) -> Restored:
   """Restore the online and/or EMA weights of a workdir's checkpoint (latest, or `step`),
-  replicated on `mesh` (default: all devices). Raises one-line errors for a missing path, an
-  empty workdir, a missing step or a run without an EMA encoder."""
+  replicated on `mesh` (default: all devices). `ema="if_kept"` restores the EMA weights when the
+  run's method keeps them (else ema_params is None). Raises one-line errors for a missing path,
+  an empty workdir, a missing step or `ema=True` on a run without an EMA encoder."""
   ckpt = Checkpointer(find_checkpoint_dir(workdir), create=False)
   try:
     step = ckpt.latest_step() if step is None else step
@@ -59,6 +60,8 @@ def restore(workdir: str, *, step: int | None = None, online: bool = True, ema: 
     method = methods.get(cfg.method).build(cfg, meta["data"]["channels"])
     mesh = mesh or sharding.make_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1)))
     params, ema_tree = jax.eval_shape(method.init, jax.random.key(0))
+    if ema == "if_kept":
+      ema = ema_tree is not None
     if ema and ema_tree is None:
       raise ConfigError("encoder", "ema", f"'online': method {cfg.method} (targets.mode="
                         f"{cfg.get('targets', {}).get('mode', '-')}) keeps no EMA encoder")

@@ -1,5 +1,6 @@
 """Probing: NN / kNN / linear probe / fine-tuning, the evaluation runner, presets and bad input."""
 import json
+import logging
 import os
 import re
 import shutil
@@ -140,6 +141,17 @@ def test_pretraining_beats_initialisation_on_every_probe(trained):
   assert done["nn/top1"] > init["nn/top1"] and done["knn/top1_k20"] > init["knn/top1_k20"]
 
 
+def test_collapse_reads_the_ema_weights_the_checkpoint_holds(trained, caplog):
+  """An evaluation config whose probes all read the online encoder still gives collapse the EMA
+  (target) weights, so it reports target Sims and the method's own Sims, and says nothing false."""
+  evals = {"collapse": dict(type="collapse", data="mnist5k", split="test[:128]", batch_size=64)}
+  with caplog.at_level(logging.INFO, logger="lmim"):
+    m = evaluate.evaluate(eval_config(evals), str(trained / "trained"))["metrics"]
+  assert "collapse/sim_target" in m and "collapse/sim_trg" in m, sorted(m)
+  assert m["collapse/sim_target"] != m["collapse/sim_online"]  # the EMA weights, not a copy of the online ones
+  assert "lacks" not in caplog.text
+
+
 def test_results_on_one_and_eight_devices_match(trained):
   evals = demo_evals(split="test[:101]", train_split="train[:203]")  # odd sizes: padding must not count
   one = evaluate.evaluate(eval_config(evals), str(trained / "trained"), devices=jax.devices()[:1])
@@ -180,7 +192,7 @@ def test_preflight_lists_prepared_and_missing_datasets(tmp_path):
   rows = evaluate.preflight(cfg)
   assert sorted((r["eval"], r["split"], r["ok"]) for r in rows) == [
       ("lp", "train", False), ("lp", "validation", False), ("nn", "test", True)]
-  assert all("tfds build imagenet2012" in r["status"] for r in rows if not r["ok"])
+  assert all("lmim-prepare imagenet2012" in r["status"] for r in rows if not r["ok"])
   text = evaluate.format_preflight(rows)
   assert "MISSING" in text and "ready (1000 examples)" in text
 
@@ -220,7 +232,7 @@ def test_bad_paths_and_unprepared_data(trained, tmp_path):
   with pytest.raises(CheckpointError, match="holds no lmim checkpoint"):
     evaluate.evaluate(eval_config(evals), str(tmp_path / "empty"))
   missing = {"nn": dict(type="nn_loo", data="imagenet2012", split="validation", data_dir=str(tmp_path))}
-  with pytest.raises(DataNotPreparedError, match="tfds build imagenet2012"):
+  with pytest.raises(DataNotPreparedError, match="lmim-prepare imagenet2012"):
     evaluate.evaluate(eval_config(missing), str(trained / "trained"))
   unknown = {"nn": dict(type="nn_loo", data="mnist5k", split="test", colour="blue")}
   with pytest.raises(ConfigError, match="not a field of 'nn_loo'"):
@@ -237,7 +249,7 @@ def test_evaluate_command_line_check_and_run(trained, tmp_path):
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert re.search(r"nn \(nn_loo\) +mnist5k / test  ->  OK ready \(1000 examples\)", ok.stdout), ok.stdout
   missing = run("--config", f"configs/eval.py:preset=dino_knn,data_dir={tmp_path}", "--check")
-  assert missing.returncode == 1 and "MISSING" in missing.stdout and "tfds build imagenet2012" in missing.stdout
+  assert missing.returncode == 1 and "MISSING" in missing.stdout and "lmim-prepare imagenet2012" in missing.stdout
   res = run("--config", "configs/eval.py:preset=demo", "--config.evals.linear.epochs=2",
             "--config.evals.linear.warmup_epochs=1", "--config.evals.collapse.split=test[:200]",
             "--config.evals.pictures.split=test[:100]")

@@ -7,6 +7,9 @@
   open_dataset(data, split, data_dir, prefix)         optional: how it opens one of those (a sized
                                                       source; default: lmim.data.open_source, for
                                                       image classification splits)
+  encoders(fields) -> {'online', 'ema'}                optional: the weights it reads (default: its
+                                                      `encoder` field); an evaluator that compares
+                                                      online and target weights names both
 
 `ctx` (Context) carries what evaluators share: the method (networks, geometry), the mesh, the
 workdir and a metric writer (pictures write PNGs and TensorBoard images there), the evaluator's
@@ -57,6 +60,14 @@ def from_config(name: str, eval_cfg, *, method, mesh, workdir=None, writer=None)
                       f"not a field of '{eval_cfg.type}'; valid fields: {', '.join(valid)}")
   ctx = Context(method=method, mesh=mesh, name=name, workdir=workdir, writer=writer)
   return module.Evaluator(ctx, **fields)
+
+
+def encoders_read(eval_cfg) -> set:
+  """Which trees of a checkpoint an evaluator reads: 'online' and/or 'ema'."""
+  module = module_for("?", eval_cfg)
+  fields = fields_of(eval_cfg)
+  declared = getattr(module, "encoders", None)
+  return set(declared(fields)) if declared else {fields.get("encoder", "online")}
 
 
 def open_for_preflight(module, data: str, split: str, data_dir, name: str) -> int:

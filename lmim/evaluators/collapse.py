@@ -1,7 +1,7 @@
 """Collapse diagnostics on a frozen checkpoint: is the representation still using its dimensions?
 
 Latent-target methods can collapse: every patch of an image (or every image) maps to the same
-vector, the loss falls, and nothing useful is learnt (spec methods §4f, latent_mim §9.4-9.5).
+vector, the loss falls, and nothing useful is learnt (docs/methods.md §4f, docs/latent_mim.md §9.4–9.5).
 Three views of that, on the evaluation split:
 
   Sim        mean pairwise cosine of the patch tokens of each image, averaged over images
@@ -159,7 +159,7 @@ def _method_sims_fn(method, mesh, names: tuple):
 
 def _loss_group(method) -> int:
   """Examples a method's loss must see in whole multiples of: Latent MIM's Sim regulariser
-  averages over groups of `sim_reg.group_size` examples before squaring (spec §9.4)."""
+  averages over groups of `sim_reg.group_size` examples before squaring (docs/latent_mim.md §9.4)."""
   config = getattr(method, "config", None)
   reg = config.get("sim_reg") if config is not None else None
   if reg is None or not reg.get("coeff", 0) > 0:
@@ -177,6 +177,12 @@ def target_encoder_params(state):
 
 def datasets(fields: dict) -> list:
   return [(fields["data"], fields["split"], fields.get("data_dir"))]
+
+
+def encoders(fields: dict) -> set:
+  """Both: Sims are reported for the online and the target (EMA) encoder, where there is one."""
+  del fields
+  return {"online", "ema"}
 
 
 class Evaluator:
