@@ -19,7 +19,8 @@ from lmim.checkpoint import (TMP_SUFFIX, Checkpointer, abstract_like, find_check
                              format_diff, tree_diff)
 from conftest import free_port
 from lmim.errors import CheckpointError
-from lmim.inspect_ckpt import inspect, main as inspect_main
+from lmim import config_lib
+from lmim.inspect_ckpt import inspect, main as inspect_main, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = {"step": 5, "data_position": 320, "method": "latent_mim",
@@ -349,8 +350,32 @@ def test_inspect_lists_steps_leaves_and_meta(tmp_path, capsys):
   assert "[params] 4 arrays, 272 values, 1,088 bytes" in text
   assert '"width": 8' in text and '"depth": 1' in text
   assert "step 4:" in inspect(wd, step=4)
-  assert inspect_main([wd, "--step", "8"]) == 0
+  assert inspect_main([wd, "--step", "8", "--full"]) == 0
   assert "[opt_state]" in capsys.readouterr().out
+
+
+def test_inspect_summary_is_a_screenful_with_parameters_and_config_changes(tmp_path, capsys):
+  """The default view: steps, progress, item sizes, parameters per network, the fields changed
+  from the method's defaults (the config as the run wrote it); no per-array listing."""
+  ck, _ = saved(tmp_path, steps=(4, 8))
+  user = config_lib.base_config().to_dict()
+  user["batch_size"], user["model"]["width"] = 40, 8
+  ck.save(12, make_items(), {**META, "step": 12, "user_config": user,
+                             "config": {**user, "total_steps": 20},
+                             "data": {"name": "mnist5k", "num_examples": 4000, "channels": 1}})
+  ck.wait()
+  wd = str(tmp_path / "w")
+  assert inspect_main([wd]) == 0
+  text = capsys.readouterr().out
+  lines = text.splitlines()
+  assert lines[0].endswith("3 step(s) saved: 4, 8, 12")
+  assert lines[1].startswith("step 12 of 20 (latent_mim), data position 320")
+  assert "trainable parameters: 272 (decoder 128, encoder 144)" in text
+  assert "data: mnist5k, 4,000 examples, 1 channel" in text
+  assert "config: 2 field(s) differ from the latent_mim defaults" in text
+  assert "  batch_size: default 4096 -> 40" in lines and "  model.width: default None -> 8" in lines
+  assert "encoder/blocks_0/kernel" not in text and len(lines) < 15
+  assert "step 8 (latent_mim)" in summary(wd, step=8)
   for argv in ([str(tmp_path / "nope")], [wd, "--step", "5"]):
     assert inspect_main(argv) == 2
     err = capsys.readouterr().err
