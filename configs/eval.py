@@ -85,7 +85,8 @@ def demo(a):
       "knn": dict(type="knn", split="test", train_split="train", k=(20,), feature="pooled_pre_norm",
                   batch_size=250, **m),
       "linear": dict(type="linear_probe", split="test", train_split="train", feature="pooled_pre_norm",
-                     epochs=30, warmup_epochs=3, batch_size=1024, blrs=(0.1, 1.0, 10.0), augment=False, **m),
+                     epochs=30, warmup_epochs=3, batch_size=1024, blrs=(1.0, 3.0, 10.0, 30.0, 100.0, 300.0),
+                     augment=False, **m),
       "collapse": dict(type="collapse", split="test", **m),
       "pictures": dict(type="pictures", split="test", **m),
   }

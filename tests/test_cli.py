@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -14,10 +15,10 @@ from lmim.errors import CheckpointError, DataNotPreparedError, LmimError
 from tiny import tiny_config
 
 
-def run(*args, timeout=600):
+def run(*args, timeout=600, **env_vars):
   env = dict(os.environ, PYTHONPATH=str(ROOT),
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **env_vars)
   return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout)
 
@@ -28,11 +29,16 @@ def snapshot(path):
 
 
 def test_main_job_runs_and_reports_nn_before_and_after(tmp_path):
-  """The README's command on a short schedule: trains, checkpoints, logs, reports NN twice."""
+  """The README's command on a short schedule, on a fresh machine (the embedded data is prepared
+  first): trains, checkpoints, logs, reports NN twice, and prints no warning at all."""
   wd = tmp_path / "demo"
   r = run("lmim.train", "--config", "configs/lmim_demo.py:steps=30", "--workdir", str(wd),
-          "--config.log_every_steps=10", "--config.evals.nn.split=test[:300]")
+          "--config.log_every_steps=10", "--config.evals.nn.split=test[:300]", LMIM_DATA_DIR=str(tmp_path / "data"))
   assert r.returncode == 0, r.stderr[-3000:]
+  assert "Preparing the embedded dataset mnist5k" in r.stderr
+  warnings = [l for l in r.stderr.splitlines() if re.match(r"(W\d{4} |\d\d:\d\d:\d\d W |WARNING)", l)
+              or "Downloading" in l or "Traceback" in l]
+  assert not warnings, warnings
   results = json.loads((wd / "results.json").read_text())
   assert 0 <= results["final"]["nn/top1"] <= 100 and 0 <= results["init"]["nn/top1_init"] <= 100
   rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]

@@ -331,7 +331,7 @@ def test_unprepared_dataset_says_how_to_prepare(tiny, tmp_path):
   with pytest.raises(DataNotPreparedError) as err:
     davis.Evaluator(context(method), data_dir=str(tmp_path), **FIELDS)
   msg = str(err.value)
-  assert "\n" not in msg and "tfds build davis/480p --file_format=array_record" in msg, msg
+  assert "\n" not in msg and "tfds.builder('davis/480p'" in msg, msg
 
 
 @pytest.mark.parametrize("field,value", [("n_last_frames", -1), ("topk", 0), ("temperature", 0.0),

@@ -156,7 +156,7 @@ BAD = [
     (dict(datasets=("no_such_dataset_xyz",)), ConfigError, "config.evals.fs.datasets[0].data="),
     (dict(datasets=(dict(data="mnist5k", splits="x"),)), ConfigError, "config.evals.fs.datasets[0].splits="),
     (dict(feature="patch_tokens"), ConfigError, "config.evals.fs.feature="),
-    (dict(datasets=("dtd",)), DataNotPreparedError, "tfds build dtd"),
+    (dict(datasets=("dtd",)), DataNotPreparedError, "tfds.builder('dtd'"),
     (dict(datasets=("ucf101",)), DataNotPreparedError, "middle frame"),
 ]
 

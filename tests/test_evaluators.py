@@ -69,6 +69,13 @@ def test_linear_probe_head_learns_separable_features_with_lars():
   assert np.all(np.asarray(state["var"]) > 0)   # running BatchNorm statistics were updated
 
 
+def test_a_best_learning_rate_at_the_edge_of_the_grid_is_flagged():
+  assert linear_probe.edge_of_grid((0.1, 1.0, 10.0), 2) == "largest"
+  assert linear_probe.edge_of_grid((10.0, 1.0, 0.1), 2) == "smallest"  # grids need not be sorted
+  assert linear_probe.edge_of_grid((0.1, 1.0, 10.0), 1) is None
+  assert linear_probe.edge_of_grid((0.1,), 0) is None  # one rate is no sweep
+
+
 def test_finetune_pieces():
   params = {"encoder": {"embed": {"proj": {"kernel": 0}}, "cls_token": 0, "blocks_0": {"x": 0},
                         "blocks_1": {"x": 0}, "norm": {"scale": 0}}, "head": {"head": {"kernel": 0}}}

@@ -147,7 +147,7 @@ def test_unprepared_datasets_say_how_to_prepare_them_here(tmp_path):
   with pytest.raises(DataNotPreparedError) as e:
     data.open_source("cifar10", "train", str(tmp_path))
   msg = str(e.value)
-  assert "\n" not in msg and f"tfds build cifar10 --file_format=array_record --data_dir={tmp_path}" in msg
+  assert "\n" not in msg and f"tfds.builder('cifar10', data_dir='{tmp_path}', file_format='array_record')" in msg
   assert f"pip install {prepare.TF_VERSIONS}" in msg and "folder:<root>" in msg
 
 

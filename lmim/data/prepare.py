@@ -44,7 +44,10 @@ log = logging.getLogger("lmim")
 
 IMAGENET = "imagenet2012"
 IMAGENET_VERSION = "5.1.0"  # TFDS's imagenet2012 version whose layout is written
-TF_VERSIONS = "tensorflow-cpu==2.21.0 tensorflow-datasets==4.9.10"  # a separate environment for `tfds build`
+# A separate environment for TFDS's own builders (they need TensorFlow; the `tfds build` command also
+# needs Apache Beam, so the builder is called from Python instead). Checked: it installs on Python
+# 3.11 and writes array_record that lmim's environment reads.
+TF_VERSIONS = "tensorflow-cpu==2.21.0 tensorflow-datasets==4.9.10 importlib_resources==7.1.0"
 _IMAGENET_DIR = os.path.join(os.path.dirname(tfds.__file__), "datasets", "imagenet2012")
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG$")
 
@@ -62,9 +65,10 @@ def how_to_prepare(name: str, data_dir: str) -> str:
   if base == IMAGENET:
     return (f"lmim-prepare {IMAGENET} --source <folder with ILSVRC2012_img_train.tar and "
             f"ILSVRC2012_img_val.tar, or with train/ and val/> --data_dir={data_dir} (no TensorFlow needed)")
-  return (f"~/tfds-env/bin/tfds build {name} --file_format=array_record --data_dir={data_dir} — TFDS's "
-          f"builders need TensorFlow, which lmim's environment leaves out: create that environment once "
-          f"with python3.11 -m venv ~/tfds-env && ~/tfds-env/bin/pip install {TF_VERSIONS} (images you "
+  return (f"~/tfds-env/bin/python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+          f"data_dir='{data_dir}', file_format='array_record').download_and_prepare()\" — TFDS's builders "
+          f"need TensorFlow, which lmim's environment leaves out: create that environment once with "
+          f"python3.11 -m venv ~/tfds-env && ~/tfds-env/bin/pip install {TF_VERSIONS} (images you "
           f"already have as class folders need none of this: read them as folder:<root>)")
 
 

@@ -9,9 +9,11 @@ frozen features, LARS, cosine schedule with linear warmup.
               (much cheaper, slightly different numbers — the choice is recorded with the result)
 Several learning rates are swept in the same pass: one head per rate on the same features (the
 BatchNorm statistics depend only on the features and are shared); every head's accuracy is
-reported, and the best.
+reported, and the best. A best rate at either end of the grid is logged as a warning: the optimum
+may lie outside it.
 """
 import functools
+import logging
 import math
 
 import jax
@@ -22,6 +24,8 @@ from lmim import data as lmim_data
 from lmim import sharding
 from lmim.errors import ConfigError
 from lmim.evaluators import common, features as feats_lib
+
+log = logging.getLogger("lmim")
 
 
 def lr_at(step, *, total: int, warmup: int):
@@ -76,6 +80,15 @@ def predict(state, x, *, eps):
 datasets = common.train_and_eval_splits
 
 
+def edge_of_grid(values, best: int) -> str | None:
+  """'smallest'/'largest' when index `best` of a swept grid is at its lower/upper end, else None
+  (a single value is no sweep)."""
+  if len(values) < 2:
+    return None
+  order = np.argsort(values)
+  return "smallest" if best == order[0] else "largest" if best == order[-1] else None
+
+
 class Evaluator:
   def __init__(self, ctx, *, data: str, split: str, train_split: str = "train", data_dir=None,
                mean=None, std=None, encoder: str = "online", feature: str = "cls", image_size=None,
@@ -83,7 +96,7 @@ class Evaluator:
                batch_size: int = 16384, blrs=(0.1,), momentum: float = 0.9, weight_decay: float = 0.0,
                trust_coefficient: float = 0.001, bn_eps: float = 1e-6, augment: bool = False,
                min_crop: float = 0.08, extract_batch_size: int = 256, seed: int = 0):
-    p = f"evals.{ctx.name}"
+    p = self.prefix = f"evals.{ctx.name}"
     self.blrs = tuple(float(b) for b in (blrs if isinstance(blrs, (tuple, list)) else (blrs,)))
     if not self.blrs or min(self.blrs) <= 0:
       raise ConfigError(f"{p}.blrs", blrs, "one or more base learning rates > 0")
@@ -146,5 +159,10 @@ class Evaluator:
     for blr, acc in zip(self.blrs, accs):
       yield f"top1_blr{blr:g}", acc
     best = int(np.argmax(accs))
+    edge = edge_of_grid(self.blrs, best)
+    if edge:
+      log.warning("%s: the best base learning rate, %g, is the %s of blrs %s; the best may lie "
+                  "beyond the grid: extend it (--config.%s.blrs=...)", self.prefix,
+                  self.blrs[best], edge, tuple(self.blrs), self.prefix)
     yield "top1", accs[best]
     yield "best_blr", self.blrs[best]
