@@ -114,12 +114,12 @@ def test_sigterm_is_saved_within_one_step_although_dispatch_is_asynchronous(tmp_
   """The device is the slow side and metrics are fetched rarely, so without a bound the host would
   dispatch steps far ahead of the device and save only after all of them; lmim keeps at most one
   step queued behind the one running."""
-  proc = subprocess.Popen([*WORKER, str(tmp_path), "--steps", "200", "--heavy", "--one-device",
-                           "--sigterm-at-host-step", "60"],
+  proc = subprocess.Popen([*WORKER, str(tmp_path), "--steps", "80", "--heavy", "--one-device",
+                           "--sigterm-at-host-step", "30"],
                           env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 0, out[-3000:]
-  finished = int(re.search(r"SIGTERM at host step 60: device finished (\d+) steps", out).group(1))
+  finished = int(re.search(r"SIGTERM at host step 30: device finished (\d+) steps", out).group(1))
   saved = int(re.search(r"Preempted: saved step (\d+)", out).group(1))
   # `finished` steps are done; one runs and one may be queued behind it.
   assert finished + 1 <= saved <= finished + 2, out[-2000:]
