@@ -190,6 +190,27 @@ def test_registered_tfds_datasets_through_mock_data(tmp_path):
     assert ev["image"].shape == (4, 16, 16, 3) and info.num_classes == 1000
 
 
+def test_a_class_subset_keeps_exactly_its_classes_relabelled_alike_in_every_split(tmp_path, data_dir):
+  """input.classes / evals.<name>.classes: names or ids, a file or a shipped list; examples of other
+  classes are gone, labels are 0..K-1 in sorted order of the original ids, the same in every split."""
+  full, _ = data.open_source("mnist5k", "train", data_dir)
+  full_labels = full.labels()
+  for spec in ((7, 3), ("3", "7"), [3, 7]):
+    sub, info = data.open_source("mnist5k", "train", data_dir, classes=spec)
+    assert (len(sub), info.num_classes) == (int(np.isin(full_labels, (3, 7)).sum()), 2)
+    got = [sub[i]["label"] for i in range(0, len(sub), 97)]
+    want = [{3: 0, 7: 1}[int(full_labels[sub.indices[i]])] for i in range(0, len(sub), 97)]
+    assert got == want and set(sub.labels()) == {0, 1}
+  listed = tmp_path / "classes.txt"
+  listed.write_text("# digits\n7\n3  # seven and three\n")
+  test, info = data.open_source("mnist5k", "test", data_dir, classes=str(listed))
+  assert (len(test), info.num_classes) == (200, 2)  # 100 test digits per class
+  for bad, text in (((3, 11), "not among them: 11"), ("no_such_list", "a class list shipped with lmim"),
+                    ((), "a non-empty list")):
+    with pytest.raises(ConfigError, match=r"config\.input\.classes=.*" + text):
+      data.open_source("mnist5k", "test", data_dir, classes=bad)
+
+
 def _write_images(root, classes, n, shape, seed=0):
   rng = np.random.default_rng(seed)
   for cls in classes:

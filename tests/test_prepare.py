@@ -172,3 +172,28 @@ def test_the_command_prepares_once_and_reports_errors_in_one_line(ilsvrc, tmp_pa
   assert again.returncode == 0 and "already prepared" in again.stderr
   bad = subprocess.run(cmd[:5] + [str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=300)
   assert bad.returncode == 2 and bad.stderr.strip().startswith("lmim: error: --source") and "Traceback" not in bad.stderr
+
+
+def test_imagenet100_is_imagenet2012_restricted_to_cmcs_classes(tmp_path):
+  """`classes='imagenet100'` on a prepared imagenet2012: only CMC's classes, relabelled 0..99 in
+  sorted-wnid order, the same way in train and validation, without rebuilding the dataset."""
+  cmc = sorted(data.sources.read_class_spec("imagenet100", "input.classes"))
+  assert len(cmc) == 100 and cmc[:2] == ["n01558993", "n01692333"]
+  root = tmp_path / "ilsvrc"
+  rng = np.random.default_rng(1)
+  counts = {"n01440764": 3, cmc[0]: 2, cmc[1]: 4}  # the first is not an ImageNet-100 class
+  for wnid, n in counts.items():
+    (root / "train" / wnid).mkdir(parents=True)
+    (root / "val" / wnid).mkdir(parents=True)
+    for i in range(n):
+      for split in ("train", "val"):
+        (root / split / wnid / f"{wnid}_{split}{i}.JPEG").write_bytes(
+            _encoded(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "JPEG"))
+  prepare.prepare_imagenet(str(root), str(tmp_path / "dd"))
+  full, full_info = data.open_source("imagenet2012", "train", str(tmp_path / "dd"))
+  assert (len(full), full_info.num_classes) == (9, 1000)
+  for split in ("train", "validation"):
+    sub, info = data.open_source("imagenet2012", split, str(tmp_path / "dd"), classes="imagenet100")
+    assert (len(sub), info.num_classes) == (6, 100)
+    labels = sorted(sub[i]["label"] for i in range(len(sub)))
+    assert labels == [0, 0, 1, 1, 1, 1] and list(sub.labels()) == [sub[i]["label"] for i in range(len(sub))]

@@ -171,15 +171,18 @@ def tfds_data_source(name: str, split: str, data_dir: str | None, prefix: str,
 
 
 def _open_tfds(name: str, split: str, data_dir: str | None, prefix: str):
-  """-> (TfdsSource, channels, num_classes); unprepared data raises one line saying how to build."""
+  """-> (TfdsSource, channels, class names); unprepared data raises one line saying how to build."""
   src, info = tfds_data_source(name, split, data_dir, prefix)
   features = info.features
   if "image" not in features:
     raise ConfigError(f"{prefix}.data", name, f"a dataset with an 'image' feature (it has {list(features)})")
   channels = int(features["image"].shape[-1] or 3)
   has_label = "label" in features
-  num_classes = int(getattr(features["label"], "num_classes", 0) or 0) if has_label else 0
-  return TfdsSource(src, has_label), channels, num_classes
+  names = []
+  if has_label:
+    label = features["label"]
+    names = list(getattr(label, "names", None) or [str(i) for i in range(int(getattr(label, "num_classes", 0) or 0))])
+  return TfdsSource(src, has_label), channels, names
 
 
 ###################################################################################################
@@ -294,7 +297,79 @@ def open_folder(root: str, split: str, prefix: str = "input"):
     raise DataNotPreparedError(f"image folder {root} has no images for split '{split}' in class "
                                f"subfolders ({', '.join(IMAGE_EXTENSIONS)})")
   channels = _channels(sel_files)
-  return FolderSource(sel_files, sel_labels, channels), channels, len(listing.classes)
+  return FolderSource(sel_files, sel_labels, channels), channels, list(listing.classes)
+
+
+###################################################################################################
+# Class subsets (ImageNet-100 = ImageNet-1k restricted to CMC's 100 classes).
+###################################################################################################
+
+CLASS_LISTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "class_lists")
+
+
+def class_list_names() -> list[str]:
+  """The class lists shipped with lmim (`classes='imagenet100'`)."""
+  return sorted(f[:-4] for f in os.listdir(CLASS_LISTS) if f.endswith(".txt"))
+
+
+def read_class_spec(spec, field: str) -> list:
+  """`classes` as written in a config -> a list of class names (str) or ids (int).
+
+  A shipped list's name ('imagenet100'), a text file (one class per line, '#' comments), or a
+  list/tuple of names or ids."""
+  if isinstance(spec, str):
+    path = os.path.join(CLASS_LISTS, f"{spec}.txt") if spec in class_list_names() else os.path.expanduser(spec)
+    if not os.path.isfile(path):
+      raise ConfigError(field, spec, f"a class list shipped with lmim ({', '.join(class_list_names())}), a "
+                        "text file with one class per line, or a list of class names or ids")
+    with open(path, encoding="utf-8") as f:
+      items = [line.split("#", 1)[0].strip() for line in f]
+    return [i for i in items if i]
+  if isinstance(spec, (list, tuple)) and spec:
+    return list(spec)
+  raise ConfigError(field, spec, "a non-empty list of class names or ids, a file, or a shipped list name")
+
+
+class ClassSubset:
+  """The examples of `source` whose label is one of `kept` (original ids, sorted), relabelled
+  0..K-1 in that order: the label space an image folder of just those classes would have."""
+
+  def __init__(self, source, kept: list[int]):
+    labels = source.labels()
+    self.source, self.kept = source, kept
+    self._remap = {old: new for new, old in enumerate(kept)}
+    self.indices = np.flatnonzero(np.isin(labels, kept))
+    self._labels = np.asarray([self._remap[int(l)] for l in labels[self.indices]], np.int64)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, index):
+    ex = dict(self.source[int(self.indices[int(index)])])
+    ex["label"] = self._remap[int(ex["label"])]
+    return ex
+
+  def labels(self) -> np.ndarray:
+    return self._labels
+
+
+def select_classes(src, class_names: list[str], spec, field: str):
+  """`src` restricted to the classes `spec` names (see read_class_spec) -> (subset, K)."""
+  wanted = read_class_spec(spec, field)
+  index = {name: i for i, name in enumerate(class_names)}
+  kept, unknown = set(), []
+  for c in wanted:
+    if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(class_names):
+      kept.add(int(c))
+    elif str(c) in index:
+      kept.add(index[str(c)])
+    else:
+      unknown.append(c)
+  if unknown:
+    raise ConfigError(field, spec, f"classes of the dataset ({len(class_names)} classes, e.g. "
+                      f"{', '.join(class_names[:3])}); not among them: {', '.join(map(str, unknown[:5]))}"
+                      + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+  return ClassSubset(src, sorted(kept)), len(kept)
 
 
 ###################################################################################################
@@ -320,14 +395,14 @@ def estimate_stats(src, channels: int, max_examples: int = _MAX_STAT_EXAMPLES):
   return tuple(float(m) for m in mean), tuple(float(s) if s > 1e-6 else 1.0 for s in std)
 
 
-def _default_stats(data: str, split: str, data_dir, src, channels: int, prefix: str):
+def _default_stats(data: str, split: str, data_dir, src, channels: int, prefix: str, classes=None):
   """Published statistics, else ImageNet's for RGB, else estimated once per (data, split, dir)."""
   known = KNOWN_STATS.get(data.split(":")[0].split("/")[0])
   if known is not None and len(known[0]) == channels:
     return known
   if channels == 3:
     return IMAGENET_STATS
-  key = (data, split, data_dir, channels)
+  key = (data, split, data_dir, channels, repr(classes))
   with _estimates_lock:
     if key not in _estimates:
       _estimates[key] = estimate_stats(src, channels)
@@ -354,12 +429,15 @@ def _check_stat(field: str, value, channels: int, data: str, positive: bool) -> 
 ###################################################################################################
 
 
-def open_source(data: str, split: str, data_dir: str | None = None, *, mean=None, std=None,
+def open_source(data: str, split: str, data_dir: str | None = None, *, mean=None, std=None, classes=None,
                 config_prefix: str = "input") -> tuple[Source, DataInfo]:
   """-> (source, DataInfo) for one split.
 
-  `mean`/`std` given explicitly win over the defaults (each independently); errors are one line
-  naming `<config_prefix>.data|split|mean|std` (ConfigError) or saying how to prepare the data
+  `classes` (None = all) keeps the examples of a class subset, relabelled 0..K-1 in sorted order
+  of the original ids (read_class_spec: 'imagenet100', a file, or a list): train and evaluation
+  splits opened with the same `classes` share one label space. `mean`/`std` given explicitly win
+  over the defaults (each independently); errors are one line naming
+  `<config_prefix>.data|split|classes|mean|std` (ConfigError) or saying how to prepare the data
   (DataNotPreparedError).
   """
   if not isinstance(data, str) or not data:
@@ -367,19 +445,22 @@ def open_source(data: str, split: str, data_dir: str | None = None, *, mean=None
                       "'mnist5k', 'folder:/path/to/images' or a TFDS dataset name")
   if data == embedded.NAME:
     data_dir = embedded.ensure_prepared(data_dir)
-    src, channels, num_classes = _open_tfds(data, split, data_dir, config_prefix)
+    src, channels, class_names = _open_tfds(data, split, data_dir, config_prefix)
   elif data.startswith("folder:"):
     root = data[len("folder:"):]
     if not root:
       raise ConfigError(f"{config_prefix}.data", data,
                         "'folder:<root>' with <root> a directory of class subfolders")
-    src, channels, num_classes = open_folder(os.path.expanduser(root), split, config_prefix)
+    src, channels, class_names = open_folder(os.path.expanduser(root), split, config_prefix)
   else:
-    src, channels, num_classes = _open_tfds(data, split, data_dir, config_prefix)
+    src, channels, class_names = _open_tfds(data, split, data_dir, config_prefix)
+  num_classes = len(class_names)
+  if classes is not None:
+    src, num_classes = select_classes(src, class_names, classes, f"{config_prefix}.classes")
   if len(src) == 0:
     raise ConfigError(f"{config_prefix}.split", split, f"a split with at least one example of {data}")
   if mean is None or std is None:
-    default_mean, default_std = _default_stats(data, split, data_dir, src, channels, config_prefix)
+    default_mean, default_std = _default_stats(data, split, data_dir, src, channels, config_prefix, classes)
     mean = default_mean if mean is None else mean
     std = default_std if std is None else std
   mean = _check_stat(f"{config_prefix}.mean", mean, channels, data, positive=False)

@@ -152,7 +152,7 @@ def _method_sims_fn(method, mesh, names: tuple):
   def fn(params, ema_params, images, index, seed, step):
     batch = {"image": images, **{f"image{v + 1}": images for v in range(1, num_views)}}
     keys = views.example_keys(jax.random.key(seed), index)
-    _, metrics = method.loss(params, ema_params, batch, keys, step)
+    _, metrics = method.loss(params, ema_params, batch, keys, step, train=False)  # no dropout
     return {k: metrics[k].astype(jnp.float32) for k in names}
   return jax.jit(fn, out_shardings=sharding.replicated(mesh))
 
@@ -188,7 +188,7 @@ def encoders(fields: dict) -> set:
 class Evaluator:
   """Sims, method-logged Sims, effective rank and feature spread (module docstring)."""
 
-  def __init__(self, ctx, *, data: str, split: str, data_dir: str | None = None, mean=None, std=None,
+  def __init__(self, ctx, *, data: str, split: str, data_dir: str | None = None, mean=None, std=None, classes=None,
                batch_size: int = 256, image_size: int | None = None, resize: str = "center_crop",
                max_images: int | None = 10000, feature: str = "pooled_pre_norm", encoder: str = "online",
                seed: int = 0):
@@ -201,7 +201,7 @@ class Evaluator:
     self.ctx, self.seed, self.prefix = ctx, int(seed), prefix
     self.spec = common.FeatureSpec(ctx, encoder=encoder, feature=feature, image_size=image_size,
                                    resize=resize, batch_size=batch_size)
-    source, self.info = common.open_split(ctx, data, split, data_dir, mean, std)
+    source, self.info = common.open_split(ctx, data, split, data_dir, mean, std, classes)
     self.source = IndexedSubset(source, spread_indices(len(source), max_images))
     # What the method's loss needs from a state (shapes only; nothing is initialised).
     params, ema = jax.eval_shape(ctx.method.init, jax.random.key(0))
@@ -234,7 +234,7 @@ class Evaluator:
     images = jax.ShapeDtypeStruct((batch_size, size, size, self.info.channels), jnp.float32)
     batch = {"image": images, **{f"image{v + 1}": images for v in range(1, getattr(method, "num_views", 1))}}
     keys = jax.eval_shape(lambda: views.example_keys(jax.random.key(0), jnp.arange(batch_size)))
-    reported = jax.eval_shape(lambda p, e, b, k: method.loss(p, e, b, k, 0)[1],
+    reported = jax.eval_shape(lambda p, e, b, k: method.loss(p, e, b, k, 0, train=False)[1],
                               state.params, state.ema_params, batch, keys)
     return tuple(sorted(k for k in reported if k.startswith("sim_") and k not in _NOT_A_SIM))
 

@@ -82,9 +82,11 @@ def train_and_eval_splits(fields: dict) -> list:
           (d, fields["split"], fields.get("data_dir"))]
 
 
-def open_split(ctx, data: str, split: str, data_dir=None, mean=None, std=None):
-  """A dataset split for an evaluator; errors name this evaluator's fields."""
-  return lmim_data.open_source(data, split, data_dir, mean=mean, std=std, config_prefix=f"evals.{ctx.name}")
+def open_split(ctx, data: str, split: str, data_dir=None, mean=None, std=None, classes=None):
+  """A dataset split for an evaluator (`classes`: a class subset, lmim.data.sources.read_class_spec);
+  errors name this evaluator's fields."""
+  return lmim_data.open_source(data, split, data_dir, mean=mean, std=std, classes=classes,
+                               config_prefix=f"evals.{ctx.name}")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

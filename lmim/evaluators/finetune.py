@@ -105,8 +105,9 @@ datasets = common.train_and_eval_splits
 
 class Evaluator:
   def __init__(self, ctx, *, data: str, split: str, train_split: str = "train", data_dir=None, mean=None,
-               std=None, encoder: str = "online", image_size=None, epochs: float = 100, warmup_epochs: float = 5,
-               batch_size: int = 1024, blr: float = 5e-4, min_lr: float = 1e-6, weight_decay: float = 0.05,
+               std=None, classes=None, encoder: str = "online", image_size=None, epochs: float = 100,
+               warmup_epochs: float = 5, batch_size: int = 1024, blr: float = 5e-4, min_lr: float = 1e-6,
+               weight_decay: float = 0.05,
                layer_decay: float = 0.65, drop_path: float = 0.1, mixup: float = 0.8, cutmix: float = 1.0,
                mixup_switch_prob: float = 0.5, label_smoothing: float = 0.1,
                rand_augment: str = "rand-m9-mstd0.5-inc1", random_erasing: float = 0.25, min_crop: float = 0.08,
@@ -127,8 +128,8 @@ class Evaluator:
       self.ra = augment.parse_rand_augment(rand_augment) if rand_augment else None
     except ValueError as e:
       raise ConfigError(f"{p}.rand_augment", rand_augment, str(e)) from None
-    self.train_src, self.train_info = common.open_split(ctx, data, train_split, data_dir, mean, std)
-    self.val_src, self.val_info = common.open_split(ctx, data, split, data_dir, mean, std)
+    self.train_src, self.train_info = common.open_split(ctx, data, train_split, data_dir, mean, std, classes)
+    self.val_src, self.val_info = common.open_split(ctx, data, split, data_dir, mean, std, classes)
     self.cfg = dict(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=int(batch_size), blr=blr, min_lr=min_lr,
                     weight_decay=weight_decay, layer_decay=layer_decay, drop_path=drop_path, mixup=mixup,
                     cutmix=cutmix, switch=mixup_switch_prob, smoothing=label_smoothing, erasing=random_erasing,
@@ -145,9 +146,9 @@ class Evaluator:
     h, w = images.shape[1] // patch, images.shape[2] // patch
     patches = views.patchify(images, patch, 0)
     ids = jnp.broadcast_to(jnp.arange(patches.shape[1], dtype=jnp.int32), patches.shape[:2])
-    rngs = None if key is None else {"dropout": key}
+    keys = None if key is None else jax.random.split(key, images.shape[0])  # drop path per example
     out = encoder.apply({"params": params["encoder"]}, patches, ids, grid=(h, w), deterministic=key is None,
-                        rngs=rngs)
+                        dropout_keys=keys)
     prefix = 1 if "cls" in out else 0
     return head.apply({"params": params["head"]}, out["pre_norm"][:, prefix:].mean(axis=1))
 

@@ -77,7 +77,7 @@ datasets = common.train_and_eval_splits
 
 class Evaluator:
   def __init__(self, ctx, *, data: str, split: str, train_split: str = "train", data_dir=None,
-               mean=None, std=None, k=(20,), temperature: float = 0.07, batch_size: int = 256,
+               mean=None, std=None, classes=None, k=(20,), temperature: float = 0.07, batch_size: int = 256,
                encoder: str = "online", feature: str = "cls", image_size=None,
                resize: str = "center_crop", query_chunk: int = 1024, bank_chunk: int = 4096):
     self.ks = tuple(int(x) for x in (k if isinstance(k, (tuple, list)) else (k,)))
@@ -88,8 +88,8 @@ class Evaluator:
     self.temperature, self.query_chunk, self.bank_chunk = temperature, query_chunk, bank_chunk
     self.spec = common.FeatureSpec(ctx, encoder=encoder, feature=feature, image_size=image_size,
                                    resize=resize, batch_size=batch_size)
-    self.bank_src, self.bank_info = common.open_split(ctx, data, train_split, data_dir, mean, std)
-    self.query_src, self.query_info = common.open_split(ctx, data, split, data_dir, mean, std)
+    self.bank_src, self.bank_info = common.open_split(ctx, data, train_split, data_dir, mean, std, classes)
+    self.query_src, self.query_info = common.open_split(ctx, data, split, data_dir, mean, std, classes)
 
   def run(self, state):
     bank, bank_y = self.spec.extract(state, self.bank_src, self.bank_info)

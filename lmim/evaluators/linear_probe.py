@@ -91,7 +91,7 @@ def edge_of_grid(values, best: int) -> str | None:
 
 class Evaluator:
   def __init__(self, ctx, *, data: str, split: str, train_split: str = "train", data_dir=None,
-               mean=None, std=None, encoder: str = "online", feature: str = "cls", image_size=None,
+               mean=None, std=None, classes=None, encoder: str = "online", feature: str = "cls", image_size=None,
                resize: str = "center_crop", epochs: float = 90, warmup_epochs: float = 10,
                batch_size: int = 16384, blrs=(0.1,), momentum: float = 0.9, weight_decay: float = 0.0,
                trust_coefficient: float = 0.001, bn_eps: float = 1e-6, augment: bool = False,
@@ -109,8 +109,8 @@ class Evaluator:
                                    resize=resize, batch_size=extract_batch_size)
     if self.spec.feature.startswith("patch_tokens"):
       raise ConfigError(f"{p}.feature", feature, "a pooled feature (cls, pooled, pooled_pre_norm, block<k>)")
-    self.train_src, self.train_info = common.open_split(ctx, data, train_split, data_dir, mean, std)
-    self.val_src, self.val_info = common.open_split(ctx, data, split, data_dir, mean, std)
+    self.train_src, self.train_info = common.open_split(ctx, data, train_split, data_dir, mean, std, classes)
+    self.val_src, self.val_info = common.open_split(ctx, data, split, data_dir, mean, std, classes)
     self.epochs, self.warmup_epochs, self.batch_size = epochs, warmup_epochs, int(batch_size)
     self.opt = dict(eps=float(bn_eps), momentum=float(momentum), trust=float(trust_coefficient),
                     wd=float(weight_decay))

@@ -35,12 +35,12 @@ def datasets(fields: dict) -> list:
 
 
 class Evaluator:
-  def __init__(self, ctx, *, data: str, split: str, data_dir: str | None = None, mean=None, std=None,
+  def __init__(self, ctx, *, data: str, split: str, data_dir: str | None = None, mean=None, std=None, classes=None,
                batch_size: int = 256, encoder: str = "online", feature: str = "pooled_pre_norm",
                image_size: int | None = None, resize: str = "center_crop"):
     self.spec = common.FeatureSpec(ctx, encoder=encoder, feature=feature, image_size=image_size,
                                    resize=resize, batch_size=batch_size)
-    self.source, self.info = common.open_split(ctx, data, split, data_dir, mean, std)
+    self.source, self.info = common.open_split(ctx, data, split, data_dir, mean, std, classes)
 
   def run(self, state):
     f, y = self.spec.extract(state, self.source, self.info)

@@ -157,7 +157,7 @@ def datasets(fields: dict) -> list:
 class Evaluator:
   """PCA maps, segmentations and retrieval grids (module docstring), plus a number for each."""
 
-  def __init__(self, ctx, *, data: str, split: str, data_dir: str | None = None, mean=None, std=None,
+  def __init__(self, ctx, *, data: str, split: str, data_dir: str | None = None, mean=None, std=None, classes=None,
                num_images: int = 8, encoder: str = "online", feature: str = "patch_tokens",
                image_size: int | None = None, resize: str = "center_crop", n_clusters: int = 5,
                num_neighbours: int = 5, bank_size: int = 2048, batch_size: int = 256, seed: int = 0):
@@ -173,7 +173,7 @@ class Evaluator:
       raise ConfigError(f"{prefix}.num_neighbours", num_neighbours, "an int >= 1")
     self.spec = common.FeatureSpec(ctx, encoder=encoder, feature=feature, image_size=image_size,
                                    resize=resize, batch_size=batch_size)
-    self.source, self.info = common.open_split(ctx, data, split, data_dir, mean, std)
+    self.source, self.info = common.open_split(ctx, data, split, data_dir, mean, std, classes)
     n = len(self.source)
     # One extra bank image: a query in the bank does not count as its own neighbour.
     if min(bank_size, n) < num_neighbours + 1:
