@@ -20,6 +20,16 @@ def example_keys(step_key, rows):
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, rows)
 
 
+# Stream tag folded into the example keys for dropout and drop path (view draws split or fold the
+# keys with small integers, so this large constant never coincides with them).
+DROPOUT_STREAM = 0x64726F70  # b"drop"
+
+
+def dropout_keys(keys):
+  """(B,) example keys -> (B,) keys for the networks' dropout and drop path (lmim.models.layers)."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, DROPOUT_STREAM)
+
+
 def draw_shuffle(keys, num_patches: int):
   """(B,) keys -> (B, L) int32 permutations of patch ids (argsort of uniform noise)."""
   noise = jax.vmap(lambda k: jax.random.uniform(k, (num_patches,)))(keys)

@@ -29,6 +29,10 @@ CASES = {
         "targets.mode": "independent", "loss.name": "huber", "loss.huber_delta": 0.5,
         "model.decoder.visual_cues": False}),
     "norm_mse": ("latent_mim", {"loss.name": "norm_mse"}),
+    # Drop path and dropout drawn per example: the 8-device step must still equal the 1-device one
+    # (PCAE and data2vec run with theirs on by default).
+    "latent_mim_dropout": ("latent_mim", {"model.depth": 2, "model.drop_path": 0.5, "model.attn_drop": 0.2,
+                                          "model.proj_drop": 0.2}),
 }
 
 

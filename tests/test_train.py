@@ -47,10 +47,13 @@ def test_no_recompilation_after_the_first_step():
   assert int(state.step) == 3
 
 
-def test_gradient_accumulation_equals_the_larger_batch():
-  """2 micro-batches of 8 = one batch of 16: same examples, same views, same Sim groups."""
-  big = one_step(tiny_config(**{"mesh.data": 1, "accum_steps": 1}), jax.devices()[:1])
-  acc = one_step(tiny_config(**{"mesh.data": 1, "accum_steps": 2}), jax.devices()[:1])
+@pytest.mark.parametrize("dropout", [False, True], ids=["plain", "drop_path"])
+def test_gradient_accumulation_equals_the_larger_batch(dropout):
+  """2 micro-batches of 8 = one batch of 16: same examples, same views, same Sim groups, and with
+  drop path and dropout on, the same per-example draws."""
+  drop = {"model.drop_path": 0.5, "model.attn_drop": 0.2, "model.proj_drop": 0.2} if dropout else {}
+  big = one_step(tiny_config(**{"mesh.data": 1, "accum_steps": 1, "model.depth": 2, **drop}), jax.devices()[:1])
+  acc = one_step(tiny_config(**{"mesh.data": 1, "accum_steps": 2, "model.depth": 2, **drop}), jax.devices()[:1])
   np.testing.assert_allclose(acc["metrics"]["loss"], big["metrics"]["loss"], rtol=1e-5)
   assert_params_close(acc, big, 1e-6)
 

@@ -29,6 +29,20 @@ class GridMethod:
     return self.patch_size ** 2 * self.channels
 
 
+def dropout_keys_for(networks, keys, train: bool):
+  """Per-example keys for the networks' drop path / dropout when training and any of `networks`
+  has some (else None: every network runs deterministically)."""
+  if train and any(getattr(n, "has_dropout", False) for n in networks):
+    return views.dropout_keys(keys)
+  return None
+
+
+def run(module, params, *args, dropout_keys=None, **kwargs):
+  """module.apply in training mode when `dropout_keys` (B,) are given, deterministic otherwise."""
+  return module.apply({"params": params}, *args, deterministic=dropout_keys is None, dropout_keys=dropout_keys,
+                      **kwargs)
+
+
 def ema_update(target, online, momentum):
   """θ_T·m + θ_O·(1−m), leaf by leaf (the official Latent MIM operation order)."""
   return jax.tree.map(lambda t, o: t * momentum + o * (1.0 - momentum), target, online)

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 
 from lmim.errors import ConfigError
 from lmim.models.decoder import CrossDecoder, SelfAttentionDecoder
+from lmim.models.layers import KERNEL_INITS
 from lmim.models.posemb import STYLES
 from lmim.models.vit import VARIANTS, Encoder, parse_variant
 
@@ -49,8 +50,23 @@ def validate_model(model_cfg, *, decoder: bool = True, projector: bool = True) -
     raise ConfigError("model.posemb", model_cfg.posemb, f"one of {list(STYLES)}")
   if projector and not 0 <= model_cfg.projector.depth <= 8:
     raise ConfigError("model.projector.depth", model_cfg.projector.depth, "0 (no projector) to 8")
+  for field in ("drop_path", "attn_drop", "proj_drop"):
+    if not 0.0 <= model_cfg.get(field, 0.0) < 1.0:
+      raise ConfigError(f"model.{field}", model_cfg[field], "a rate in [0, 1)")
+  if model_cfg.get("qkv_bias", "qkv") not in ("qkv", "qv"):
+    raise ConfigError("model.qkv_bias", model_cfg.qkv_bias, "'qkv' or 'qv' (q and v biases only, as BEiT)")
+  if model_cfg.get("init", "xavier") not in KERNEL_INITS:
+    raise ConfigError("model.init", model_cfg.init, f"one of {list(KERNEL_INITS)}")
+  scale = model_cfg.get("layer_scale")
+  if scale is not None and not scale > 0:
+    raise ConfigError("model.layer_scale", scale, "None (no layer scale) or an initial value > 0, e.g. 1e-4")
   if decoder:
     dec = model_cfg.decoder
+    if not 0.0 <= dec.get("drop_path", 0.0) < 1.0:
+      raise ConfigError("model.decoder.drop_path", dec.drop_path, "a rate in [0, 1)")
+    if dec.get("drop_path", 0.0) and dec.get("type", "cross") == "cross":
+      raise ConfigError("model.decoder.drop_path", dec.drop_path, "0 for the cross decoder (drop path is "
+                        "implemented for the self-attention decoder, as PCAE uses it)")
     if dec.get("type", "cross") not in DECODER_TYPES:
       raise ConfigError("model.decoder.type", dec.type, f"one of {list(DECODER_TYPES)}")
     _check_width("model.decoder.width", dec.width, dec.num_heads, "model.decoder.num_heads", "decoder")
@@ -66,6 +82,10 @@ def build_encoder(model_cfg, projector: bool = True, **overrides) -> Encoder:
             projector_depth=model_cfg.projector.depth if projector else 0,
             freeze_pe=model_cfg.freeze_pe, posemb=model_cfg.get("posemb", "lmim"),
             remat=model_cfg.remat, scan_layers=model_cfg.get("scan_layers", False),
+            drop_path=model_cfg.get("drop_path", 0.0), attn_drop=model_cfg.get("attn_drop", 0.0),
+            proj_drop=model_cfg.get("proj_drop", 0.0), layer_scale=model_cfg.get("layer_scale"),
+            qkv_bias=model_cfg.get("qkv_bias", "qkv"), rel_pos_bias=model_cfg.get("rel_pos_bias", False),
+            abs_pos=model_cfg.get("abs_pos", True), init_style=model_cfg.get("init", "xavier"),
             dtype=compute_dtype(model_cfg))
   kw.update(overrides)
   return Encoder(**kw)
@@ -77,7 +97,8 @@ def build_decoder(model_cfg, out_dim: int | None = None, kind: str | None = None
   d, dec = encoder_dims(model_cfg), model_cfg.decoder
   kw = dict(width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=out_dim or d["width"],
             grid_size=model_cfg.grid_size, mlp_ratio=model_cfg.mlp_ratio, freeze_pe=model_cfg.freeze_pe,
-            posemb=model_cfg.get("posemb", "lmim"), remat=model_cfg.remat, dtype=compute_dtype(model_cfg))
+            posemb=model_cfg.get("posemb", "lmim"), remat=model_cfg.remat, dtype=compute_dtype(model_cfg),
+            drop_path=dec.get("drop_path", 0.0), init_style=model_cfg.get("init", "xavier"))
   kw.update(overrides)
   if (kind or dec.get("type", "cross")) == "self":
     return SelfAttentionDecoder(**kw)

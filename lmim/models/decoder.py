@@ -32,6 +32,12 @@ class _Decoder(nn.Module):
   posemb: str = "lmim"
   remat: Any = "none"      # a policy of lmim.config_lib.REMAT_POLICIES
   dtype: Any = jnp.float32
+  drop_path: float = 0.0   # stochastic depth of every block (constant: PCAE's decoder)
+  init_style: str = "xavier"  # kernel initialiser, lmim.models.layers.KERNEL_INITS
+
+  @property
+  def has_dropout(self) -> bool:
+    return bool(self.drop_path)
 
 
 class CrossDecoder(_Decoder):
@@ -50,8 +56,10 @@ class CrossDecoder(_Decoder):
     return q + gather_positions(table, target_ids, with_cls=True)
 
   @nn.compact
-  def __call__(self, latents, visible_ids, target_ids):
-    """latents (B, 1+Lv, D) encoder output (CLS first) -> predictions (B, 1+Lt, D), CLS first."""
+  def __call__(self, latents, visible_ids, target_ids, deterministic=True, dropout_keys=None):
+    """latents (B, 1+Lv, D) encoder output (CLS first) -> predictions (B, 1+Lt, D), CLS first.
+    (No dropout in this decoder: the last two arguments are accepted for a uniform call.)"""
+    del deterministic, dropout_keys
     cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width))
     mask_token = self.param("mask_token", nn.initializers.zeros, (1, 1, self.width))
     x = layers.dense(self.width, "embed", self.dtype)(latents).astype(jnp.float32)
@@ -77,22 +85,30 @@ class SelfAttentionDecoder(_Decoder):
   """
 
   @nn.compact
-  def __call__(self, latents, visible_ids, query_ids, visible_mask=None):
+  def __call__(self, latents, visible_ids, query_ids, visible_mask=None, query_mask=None,
+               deterministic=True, dropout_keys=None):
     """latents (B, [1+]Lv, D) (CLS first when present), visible_ids (B, Lv), query_ids (B, Lq)
-    -> (B, Lv+Lq, out_dim). visible_mask (B, Lv) marks padded visible tokens (ignored as keys)."""
+    -> (B, Lv+Lq, out_dim). visible_mask (B, Lv) / query_mask (B, Lq) mark padded tokens, which no
+    token attends to. `deterministic=False` turns on drop path, drawn from `dropout_keys` (B,)."""
     b, lq = query_ids.shape
     has_cls = latents.shape[1] == visible_ids.shape[1] + 1
-    mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.width))
-    x = layers.dense(self.width, "embed", self.dtype)(latents).astype(jnp.float32)
+    mask_token = self.param("mask_token", layers.TOKEN_INITS[self.init_style], (1, 1, self.width))
+    x = layers.dense(self.width, "embed", self.dtype, init=self.init_style)(latents).astype(jnp.float32)
     table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb)
     x = x + gather_positions(table, visible_ids, with_cls=has_cls)
     m = jnp.broadcast_to(mask_token, (b, lq, self.width)) + gather_positions(table, query_ids, with_cls=False)
     x = jnp.concatenate([x, m], axis=1)
     key_mask = None
-    if visible_mask is not None:
-      key_mask = jnp.concatenate([jnp.ones((b, int(has_cls)), bool), visible_mask, jnp.ones((b, lq), bool)], 1)
+    if visible_mask is not None or query_mask is not None:
+      ones = lambda n: jnp.ones((b, n), bool)
+      key_mask = jnp.concatenate([ones(int(has_cls)),
+                                  ones(visible_ids.shape[1]) if visible_mask is None else visible_mask,
+                                  ones(lq) if query_mask is None else query_mask], 1)
+    deterministic = deterministic or not self.has_dropout
     block = layers.remat(layers.Block, self.remat, static_argnums=(3,))
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, key_mask, True)
+      keys = None if deterministic else layers.fold_keys(dropout_keys, i)
+      x = block(self.num_heads, self.mlp_ratio, self.dtype, drop_path=self.drop_path, init_style=self.init_style,
+                name=f"blocks_{i}")(x, key_mask, deterministic, None, keys)
     x = layers.layer_norm("norm")(x)
-    return layers.dense(self.out_dim, "pred", self.dtype)(x[:, int(has_cls):]).astype(jnp.float32)
+    return layers.dense(self.out_dim, "pred", self.dtype, init=self.init_style)(x[:, int(has_cls):]).astype(jnp.float32)

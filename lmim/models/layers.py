@@ -21,6 +21,22 @@ Dtype = Any
 xavier = nn.initializers.xavier_uniform()
 
 
+def _trunc_normal_1sigma(key, shape, dtype=jnp.float32):
+  """N(0, 0.02²) truncated at ±0.02 (BEiT/data2vec's `trunc_normal_(std=.02, a=-std, b=std)`,
+  effective std ≈ 0.0108)."""
+  return (0.02 * jax.random.truncated_normal(key, -1.0, 1.0, shape, jnp.float32)).astype(dtype)
+
+
+# model.init -> the initialiser of every Linear kernel (and of the patch embedding):
+#   xavier        xavier-uniform on the full weight (Latent MIM, MAE, PCAE, CMAE)
+#   trunc_normal  N(0, 0.02²) with bounds ±2 (absolute), i.e. untruncated (I-JEPA's `_init_weights`)
+#   beit          N(0, 0.02²) truncated at ±1σ (BEiT / data2vec); the 1/√(2·layer) rescale of
+#                 attn.proj and mlp.fc2 is applied after init (lmim.models.vit.rescale_by_depth)
+KERNEL_INITS = {"xavier": xavier, "trunc_normal": nn.initializers.normal(0.02), "beit": _trunc_normal_1sigma}
+TOKEN_INITS = {"xavier": nn.initializers.normal(0.02), "trunc_normal": nn.initializers.normal(0.02),
+               "beit": _trunc_normal_1sigma}
+
+
 # model.remat -> what a rematerialised block keeps for the backward pass (None: nothing but its
 # inputs). Names match lmim.config_lib.REMAT_POLICIES.
 REMAT_POLICIES = {
@@ -38,9 +54,9 @@ def remat(cls, policy, static_argnums=()):
   return nn.remat(cls, static_argnums=static_argnums, policy=REMAT_POLICIES[policy])
 
 
-def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True, init: str = "xavier") -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=xavier, bias_init=nn.initializers.zeros, name=name)
+                  kernel_init=KERNEL_INITS[init], bias_init=nn.initializers.zeros, name=name)
 
 
 def layer_norm(name: str, eps: float = 1e-6) -> nn.LayerNorm:
@@ -53,30 +69,94 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
-def attention(q, k, v, key_mask=None):
-  """softmax(q·kᵀ/√hd)·v for (B, Lq, H, hd) x (B, Lk, H, hd); logits and softmax in float32.
+###################################################################################################
+# Per-example randomness for dropout and stochastic depth.
+#
+# Every random draw of a block comes from the example's own key (lmim.views.example_keys: the
+# step key folded with the example's row in the global batch), folded with the layer and a
+# branch number. An example is dropped the same way whatever the device count, the mesh or the
+# gradient-accumulation split, so sharded and accumulated steps equal the one-device step.
+###################################################################################################
+
+# Branch numbers folded into a layer's keys (each random choice of a block has its own stream).
+DROP_PATH_ATTN, DROP_PATH_MLP, ATTN_DROP, PROJ_DROP, MLP_DROP_HIDDEN, MLP_DROP_OUT = range(6)
+
+
+def fold_keys(keys, data):
+  """(B,) keys folded with `data` (an int, or a traced int such as the layer of a scan)."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
+def keep_mask(keys, branch: int, keep, shape=()):
+  """(B, *shape) bool: Bernoulli(keep) drawn from each example's own key."""
+  return jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, branch), keep, shape))(keys)
+
+
+def dropout(x, rate, keys, branch: int, deterministic: bool):
+  """Inverted dropout of x (B, ...) with per-example masks; a no-op at rate 0 or when deterministic."""
+  if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
+    return x
+  keep = 1.0 - rate
+  return x * keep_mask(keys, branch, keep, x.shape[1:]).astype(x.dtype) / keep
+
+
+def drop_path(x, rate, keys, branch: int, deterministic: bool):
+  """timm's DropPath: the whole residual branch of an example is dropped, survivors rescaled."""
+  if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
+    return x
+  keep = 1.0 - rate
+  mask = keep_mask(keys, branch, keep).reshape((-1,) + (1,) * (x.ndim - 1))
+  return x * mask.astype(x.dtype) / keep
+
+
+###################################################################################################
+# Attention, MLP and the pre-LN block.
+###################################################################################################
+
+
+def attention(q, k, v, key_mask=None, bias=None, drop: float = 0.0, keys=None, deterministic: bool = True):
+  """softmax(q·kᵀ/√hd + bias)·v for (B, Lq, H, hd) x (B, Lk, H, hd); logits and softmax in float32.
 
   key_mask (B, Lk) bool, optional: False keys are ignored (padding with static shapes).
+  bias (B or 1, H, Lq, Lk), optional: added to the logits (relative position bias).
+  drop: dropout on the attention weights (per example, see `dropout`).
   """
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  weights = jax.nn.softmax(logits, axis=-1)
+  weights = dropout(weights, drop, keys, ATTN_DROP, deterministic).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention with a fused qkv projection (rows q | k | v, heads contiguous)."""
+  """Multi-head self-attention with a fused qkv projection (rows q | k | v, heads contiguous).
+
+  qkv_bias: 'qkv' (one bias on the fused projection) or 'qv' (BEiT/data2vec: learned q and v
+  biases, none on k — a k bias only shifts every logit of a query by the same amount)."""
   num_heads: int
   dtype: Dtype = jnp.float32
+  qkv_bias: str = "qkv"
+  attn_drop: float = 0.0
+  proj_drop: float = 0.0
+  init_style: str = "xavier"
 
   @nn.compact
-  def __call__(self, x, key_mask=None):
+  def __call__(self, x, key_mask=None, bias=None, keys=None, deterministic: bool = True):
     b, n, c = x.shape
-    qkv = dense(3 * c, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask).reshape(b, n, c)
-    return dense(c, "proj", self.dtype)(out)
+    qkv = dense(3 * c, "qkv", self.dtype, use_bias=self.qkv_bias == "qkv", init=self.init_style)(x)
+    if self.qkv_bias == "qv":
+      q_bias = self.param("q_bias", nn.initializers.zeros, (c,))
+      v_bias = self.param("v_bias", nn.initializers.zeros, (c,))
+      qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
+    qkv = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads)
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask, bias, self.attn_drop, keys,
+                    deterministic).reshape(b, n, c)
+    out = dense(c, "proj", self.dtype, init=self.init_style)(out)
+    return dropout(out, self.proj_drop, keys, PROJ_DROP, deterministic)
 
 
 class CrossAttention(nn.Module):
@@ -95,38 +175,56 @@ class CrossAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-  """timm's Mlp: fc1 -> exact GELU -> fc2."""
+  """timm's Mlp: fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
   hidden: int
   dtype: Dtype = jnp.float32
+  drop: float = 0.0
+  init_style: str = "xavier"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, keys=None, deterministic: bool = True):
     out = x.shape[-1]
-    return dense(out, "fc2", self.dtype)(gelu(dense(self.hidden, "fc1", self.dtype)(x)))
+    h = dropout(gelu(dense(self.hidden, "fc1", self.dtype, init=self.init_style)(x)), self.drop, keys,
+                MLP_DROP_HIDDEN, deterministic)
+    return dropout(dense(out, "fc2", self.dtype, init=self.init_style)(h), self.drop, keys, MLP_DROP_OUT, deterministic)
 
 
 class Block(nn.Module):
-  """Pre-LN ViT block: x + Attn(LN(x)), then x + MLP(LN(x)); optional stochastic depth."""
+  """Pre-LN ViT block: x + DropPath(γ₁·Attn(LN(x))), then x + DropPath(γ₂·MLP(LN(x))).
+
+  drop_path     stochastic depth of this block (`rate`, traced, replaces it inside a scan)
+  attn_drop     dropout on the attention weights; proj_drop: after attn.proj and in the MLP
+  layer_scale   γ's initial value (CaiT/BEiT layer scale, learned per channel); None = no γ
+  qkv_bias      'qkv' or 'qv' (see SelfAttention); init_style: see KERNEL_INITS
+  Random draws come from `keys` (B,), this layer's per-example keys (see `fold_keys`).
+  """
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
   drop_path: float = 0.0
+  attn_drop: float = 0.0
+  proj_drop: float = 0.0
+  layer_scale: float | None = None
+  qkv_bias: str = "qkv"
+  init_style: str = "xavier"
 
-  def _drop(self, y, deterministic: bool, rate=None):
-    """timm's DropPath: drop the whole residual branch per example, rescale the survivors.
-    `rate` (a traced scalar) replaces the `drop_path` attribute inside a scan over layers."""
-    if deterministic or (rate is None and self.drop_path == 0.0):
+  def _scale(self, name, y):
+    if self.layer_scale is None:
       return y
-    keep = 1.0 - (self.drop_path if rate is None else rate)
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
-    return y * mask.astype(y.dtype) / keep
+    gamma = self.param(name, nn.initializers.constant(self.layer_scale), (y.shape[-1],))
+    return y * gamma.astype(y.dtype)
 
   @nn.compact
-  def __call__(self, x, key_mask=None, deterministic: bool = True, rate=None):
-    x = x + self._drop(SelfAttention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1")(x), key_mask),
-                       deterministic, rate)
+  def __call__(self, x, key_mask=None, deterministic: bool = True, rate=None, keys=None, attn_bias=None):
+    rate = self.drop_path if rate is None else rate
+    attn = SelfAttention(self.num_heads, self.dtype, self.qkv_bias, self.attn_drop, self.proj_drop,
+                         self.init_style, name="attn")
+    y = self._scale("gamma_1", attn(layer_norm("norm1")(x), key_mask, attn_bias, keys, deterministic))
+    x = x + drop_path(y, rate, keys, DROP_PATH_ATTN, deterministic)
     hidden = int(x.shape[-1] * self.mlp_ratio)
-    return x + self._drop(Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2")(x)), deterministic, rate)
+    y = self._scale("gamma_2", Mlp(hidden, self.dtype, self.proj_drop, self.init_style, name="mlp")(
+        layer_norm("norm2")(x), keys, deterministic))
+    return x + drop_path(y, rate, keys, DROP_PATH_MLP, deterministic)
 
 
 class CrossBlock(nn.Module):
