@@ -18,6 +18,7 @@ import difflib
 import importlib.util
 import pathlib
 import re
+import shlex
 import sys
 
 from absl import app, flags, logging as absl_logging
@@ -271,7 +272,7 @@ def main_train(train_fn):
 
   def body(config, _):
     initialize_distributed()  # before anything asks JAX for devices
-    guard(lambda: train_fn(config, flags.FLAGS.workdir))
+    guard(lambda: train_fn(config, flags.FLAGS.workdir, command=shlex.join(sys.argv)))
   run_app(body)
 
 

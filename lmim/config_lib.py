@@ -39,8 +39,19 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
                                # 'dots' (keep matmul outputs), 'dots_no_batch' (keep weight-only matmuls)
       scan_layers=False,       # encoder blocks as one lax.scan over stacked weights: compile time and
                                # code size independent of depth (weights saved as blocks/<leaf>[depth])
+      # Regularisers of the online/student encoder in training (off in the official Latent MIM;
+      # random draws per example, so sharded and accumulated steps equal one device's):
+      drop_path=0.0,           # stochastic depth, linear ramp 0 -> drop_path over the blocks
+      attn_drop=0.0,           # dropout on attention weights
+      proj_drop=0.0,           # dropout after attn.proj and in the MLP
+      # Backbone options of other methods' official encoders (data2vec's BEiT, I-JEPA's init):
+      layer_scale=mlc.FieldReference(None, field_type=float),  # γ init of layer scale; None = off
+      qkv_bias="qkv",          # 'qkv', or 'qv' (BEiT: q and v biases, no k bias)
+      rel_pos_bias=False,      # one BEiT relative position bias shared by every block
+      abs_pos=True,            # absolute position table added to the patch embeddings
+      init="xavier",           # kernels: 'xavier' (official Latent MIM/MAE), 'trunc_normal', 'beit'
       projector=dict(dim=4096, depth=3),
-      decoder=dict(type="cross", width=512, depth=3, num_heads=16, visual_cues=True),
+      decoder=dict(type="cross", width=512, depth=3, num_heads=16, visual_cues=True, drop_path=0.0),
   ))
   c.batch_size = 4096          # global, per optimiser step
   c.accum_steps = 1            # micro-batches per optimiser step
@@ -51,7 +62,12 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
   c.optim = mlc.ConfigDict(dict(
       blr=1.5e-4,              # lr = blr · batch_size / 256 unless `lr` is set
       lr=mlc.FieldReference(None, field_type=float),
-      min_lr_frac=0.25, weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8,
+      min_lr_frac=0.25,        # the schedule's floor as a fraction of the peak ...
+      min_lr=mlc.FieldReference(None, field_type=float),           # ... or absolute (data2vec, I-JEPA)
+      warmup_start_lr=mlc.FieldReference(None, field_type=float),  # None: warmup starts at the floor
+      weight_decay=0.05,
+      weight_decay_end=mlc.FieldReference(None, field_type=float),  # cosine to this (I-JEPA); None = constant
+      b1=0.9, b2=0.95, eps=1e-8,
       grad_clip_norm=mlc.FieldReference(None, field_type=float),
   ))
 
@@ -59,8 +75,10 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
       data="imagenet2012",     # TFDS name, 'mnist5k' (embedded) or 'folder:/path'
       data_dir=mlc.FieldReference(None, field_type=str),
       split="train",
+      classes=None,            # a class subset: 'imagenet100' (CMC's list, shipped), a file or a list
       min_crop=0.2,            # RandomResizedCrop scale lower bound
       flip=True,               # random horizontal flip
+      color_jitter=0.0,        # ColorJitter(s, s, s) before the crop (data2vec: 0.4); 0 = none
       mean=mlc.FieldReference(None, field_type=tuple),  # None: the dataset's statistics
       std=mlc.FieldReference(None, field_type=tuple),
       num_threads=8, prefetch=4,
@@ -98,10 +116,11 @@ def remat_policy(value) -> str:
 
 
 def nn_eval(data: str = "imagenet2012", split: str = "validation", every_epochs: float | None = 10.0,
-            every_steps: int | None = None, at_init: bool = False, batch_size: int = 256) -> dict:
+            every_steps: int | None = None, at_init: bool = False, batch_size: int = 256, classes=None) -> dict:
   """The official NN metric as an eval entry (`config.evals.nn = config_lib.nn_eval(...)`)."""
-  return dict(type="nn_loo", data=data, split=split, batch_size=batch_size, every_steps=every_steps,
-              every_epochs=every_epochs, at_init=at_init, encoder="online", feature="pooled_pre_norm")
+  return dict(type="nn_loo", data=data, split=split, classes=classes, batch_size=batch_size,
+              every_steps=every_steps, every_epochs=every_epochs, at_init=at_init, encoder="online",
+              feature="pooled_pre_norm")
 
 
 def apply_dotted(c: mlc.ConfigDict, overrides: dict) -> mlc.ConfigDict:
@@ -225,8 +244,12 @@ def validate_run(config, num_devices: int) -> None:
       raise ConfigError(k, v, "must be >= 0")
   if config.optim.min_lr_frac < 0 or config.optim.min_lr_frac > 1:
     raise ConfigError("optim.min_lr_frac", config.optim.min_lr_frac, "must be in [0, 1]")
-  if config.optim.weight_decay < 0:
-    raise ConfigError("optim.weight_decay", config.optim.weight_decay, "must be >= 0")
+  for k in ("weight_decay", "weight_decay_end", "min_lr", "warmup_start_lr"):
+    v = config.optim.get(k)
+    if v is not None and v < 0:
+      raise ConfigError(f"optim.{k}", v, "must be >= 0" + (" (or None)" if k != "weight_decay" else ""))
+  if config.input.get("color_jitter", 0.0) < 0:
+    raise ConfigError("input.color_jitter", config.input.color_jitter, "a strength >= 0 (0 = no jitter)")
   for k in ("b1", "b2"):
     if not 0 <= config.optim[k] < 1:
       raise ConfigError(f"optim.{k}", config.optim[k], "must be in [0, 1)")

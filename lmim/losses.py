@@ -85,9 +85,23 @@ def l1(pred, target):
 
 
 def huber(pred, target, delta: float):
-  """Paper ablation, token-level Huber: ½Δ_L2 if Δ_L2 < δ², else δ(Δ_L1 − δ/2)."""
+  """Paper ablation, token-level Huber: ½Δ_L2 if Δ_L2 < δ², else δ(Δ_L1 − δ/2), averaged over
+  target tokens. Δ_L2 is summed over the D channels, so δ must scale with √D for both branches to
+  occur (δ = 1 puts every token of a real latent in the linear branch: Huber = L1 − ½)."""
   d2, d1 = token_distances(pred, target)
   return jnp.where(d2 < delta ** 2, 0.5 * d2, delta * (d1 - 0.5 * delta)).mean()
+
+
+def huber_quadratic_fraction(pred, target, delta: float):
+  """The fraction of target tokens in the token-level Huber's quadratic branch (Δ_L2 < δ²)."""
+  d2, _ = token_distances(pred, target)
+  return jnp.mean((d2 < delta ** 2).astype(jnp.float32))
+
+
+def huber_elementwise(pred, target, delta: float):
+  """torch's `huber_loss(pred, target, delta)`: ½x² if |x| < δ else δ(|x| − ½δ), per channel, mean."""
+  x = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  return jnp.where(x < delta, 0.5 * jnp.square(x), delta * (x - 0.5 * delta)).mean()
 
 
 def smooth_l1(pred, target, beta: float):
@@ -123,13 +137,14 @@ def norm_pix_mse(pred, target_patches, removed, norm_pix: bool = True):
 
 
 def info_nce(a, b, tau: float):
-  """Symmetric InfoNCE between two batches of embeddings (positives on the diagonal, the rest of
-  the batch as negatives), ×2τ as MoCo v3 so the magnitude does not depend on τ."""
+  """Symmetric InfoNCE between two batches of embeddings, MoCo v3's `ctr(q1, k2) + ctr(q2, k1)`:
+  2τ·(CE(a·bᵀ/τ) + CE(b·aᵀ/τ)) with the positives on the diagonal and the rest of the batch as
+  negatives (the 2τ factor keeps the gradient's magnitude independent of τ)."""
   a, b = l2_normalize(a.astype(jnp.float32)), l2_normalize(b.astype(jnp.float32))
   logits = a @ b.T / tau
   labels = jnp.arange(a.shape[0])
   ce = lambda lg: jnp.mean(jax.nn.logsumexp(lg, axis=-1) - lg[labels, labels])
-  return tau * (ce(logits) + ce(logits.T))
+  return 2.0 * tau * (ce(logits) + ce(logits.T))
 
 
 def cross_entropy(logits, labels):

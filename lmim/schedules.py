@@ -13,11 +13,18 @@ def _cosine(frac):
   return 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
 
 
-def learning_rate(step, *, peak: float, total_steps: float, warmup_steps: float, min_lr_frac: float):
-  """Linear warmup from min_lr to peak (note: from min_lr, not 0), then cosine down to min_lr."""
+def learning_rate(step, *, peak: float, total_steps: float, warmup_steps: float, min_lr_frac: float = 0.0,
+                  min_lr: float | None = None, warmup_start_lr: float | None = None):
+  """Linear warmup from `warmup_start_lr` to peak, then cosine down to the floor.
+
+  The floor is `min_lr` (absolute) or `min_lr_frac`·peak; warmup starts from the floor unless
+  `warmup_start_lr` is given — the official Latent MIM schedule starts from its floor (0.25·peak,
+  not 0), MAE's from 0 with floor 0, data2vec's from 0 with floor 1e-5, I-JEPA's from 2e-4 with
+  floor 1e-6 (the last two absolute, as their code sets them)."""
   step = jnp.asarray(step, jnp.float32)
-  lo = peak * min_lr_frac
-  warm = lo + (peak - lo) * step / jnp.maximum(warmup_steps, 1e-12)
+  lo = peak * min_lr_frac if min_lr is None else min_lr
+  start = lo if warmup_start_lr is None else warmup_start_lr
+  warm = start + (peak - start) * step / jnp.maximum(warmup_steps, 1e-12)
   frac = (step - warmup_steps) / jnp.maximum(total_steps - warmup_steps, 1e-12)
   decay = lo + (peak - lo) * _cosine(frac)
   return jnp.where(step < warmup_steps, warm, decay)
@@ -27,6 +34,13 @@ def ema_momentum(step, *, total_steps: float, base: float):
   """m(t) = 1 − ½(1 + cos(π t/T))(1 − m0): from m0 at the start to 1 at the end."""
   step = jnp.asarray(step, jnp.float32)
   return 1.0 - _cosine(step / total_steps) * (1.0 - base)
+
+
+def cosine(step, *, total_steps: float, start: float, end: float):
+  """end + ½(1 + cos(π t/T))(start − end): from start at t = 0 to end at t = T (I-JEPA's weight
+  decay, 0.04 → 0.4)."""
+  step = jnp.asarray(step, jnp.float32)
+  return end + _cosine(step / total_steps) * (start - end)
 
 
 def sim_target(step, *, total_steps: float, start: float, end: float):

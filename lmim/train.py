@@ -10,7 +10,6 @@ Resuming is automatic: if the workdir holds a checkpoint of the same config, tra
 from its latest step, the data stream from the saved global example index.
 """
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmim import config_lib, data, distributed, evaluators, methods, optim, schedules, sharding, views
+from lmim import config_lib, data, distributed, evaluators, methods, optim, sharding, views
 from lmim.checkpoint import Checkpointer, abstract_like
 from lmim.checkpoint import write_failure_reason
 from lmim.errors import CheckpointError, CheckpointReadError, CheckpointWriteError, NonFiniteError, WorkdirError
@@ -59,7 +58,8 @@ def prepare(config, devices=None) -> Setup:
   config_lib.validate_run(config, len(devices))
   method_module.validate(config)
   source, info = data.open_source(config.input.data, config.input.split, config.input.data_dir,
-                                  mean=config.input.mean, std=config.input.std)
+                                  mean=config.input.mean, std=config.input.std,
+                                  classes=config.input.get("classes"))
   return build(config, info, devices, source)
 
 
@@ -110,8 +110,9 @@ def build(config, info, devices=None, source=None) -> Setup:
   # The update step: one optimiser step over `accum_steps` micro-batches.
   ########################################################################################
   micro = cfg.batch_size // cfg.accum_steps
-  lr_fn = functools.partial(schedules.learning_rate, peak=cfg.optim.lr, total_steps=cfg.total_steps,
-                            warmup_steps=cfg.warmup_steps, min_lr_frac=cfg.optim.min_lr_frac)
+  lr_fn = optim.lr_schedule(cfg.optim, peak_lr=cfg.optim.lr, total_steps=cfg.total_steps,
+                            warmup_steps=cfg.warmup_steps)
+  wd_fn = optim.wd_schedule(cfg.optim, total_steps=cfg.total_steps)
   traces = []
 
   def update(state, batch, key):
@@ -144,6 +145,8 @@ def build(config, info, devices=None, source=None) -> Setup:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(grad_norm=optax.tree.norm(grads), lr=lr_fn(step))
+    if cfg.optim.get("weight_decay_end") is not None:
+      metrics["weight_decay"] = jnp.asarray(wd_fn(step), jnp.float32)
     if ema is not None:
       metrics["momentum"] = method.momentum(step)
     return TrainState(step=step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
@@ -164,6 +167,7 @@ def train_batches(setup: Setup, start_step: int, host_state=None):
       seed=cfg.seed, min_crop=cfg.input.min_crop, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=cfg.input.num_threads,
       prefetch=cfg.input.prefetch, num_views=getattr(method, "num_views", 1), flip=cfg.input.flip,
+      color_jitter=cfg.input.get("color_jitter", 0.0),
       boxes=None if boxes is None else boxes[0], alpha=1.0 if boxes is None else boxes[1])
 
 
@@ -182,8 +186,10 @@ def abstract_items(setup: Setup) -> dict:
   return {name: tree for name, tree in abstract_state(setup).items().items() if tree is not None}
 
 
-def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = None) -> dict:
-  """Pretrain (or resume) in `workdir`. `stop_after_steps` ends early, as a preemption would."""
+def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = None,
+          command: str | None = None) -> dict:
+  """Pretrain (or resume) in `workdir`. `stop_after_steps` ends early, as a preemption would;
+  `command` (the command line, from the CLI) is logged and kept in config.json."""
   ########################################################################################
   # Config, data and shapes first: a rejected run (a bad field, data that is not prepared)
   # says why in one line and leaves nothing on disk. Then the workdir and logging.
@@ -193,6 +199,8 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   cfg, method, mesh = setup.config, setup.method, setup.mesh
   check_workdir(workdir)
   _setup_logging(workdir)
+  if command:
+    log.info("Command: %s", command)
   distributed.preflight(workdir)  # multi-host: same code everywhere, one shared workdir
 
   ########################################################################################
@@ -207,7 +215,7 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   start_step, restored = _restore_latest_good(ckpt, setup, workdir, host)
   writer = MetricWriter(workdir)
   if not start_step:
-    _write_config(workdir, config, cfg)
+    _write_config(workdir, config, cfg, command)
 
   evals = {name: evaluators.from_config(name, ev, method=method, mesh=mesh, workdir=workdir, writer=writer)
            for name, ev in cfg.evals.items()}
@@ -494,10 +502,11 @@ def _report(workdir: str, results: dict):
                "init": init}, f, indent=1)
 
 
-def _write_config(workdir: str, user_config, cfg):
+def _write_config(workdir: str, user_config, cfg, command: str | None = None):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      json.dump({"user_config": user_config.to_dict(), "resolved": cfg.to_dict()}, f, indent=1, default=str)
+      json.dump({"command": command, "user_config": user_config.to_dict(), "resolved": cfg.to_dict()}, f,
+                indent=1, default=str)
 
 
 def _log_parameters(params, workdir: str, writer):

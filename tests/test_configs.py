@@ -12,12 +12,15 @@ CONFIGS = ["lmim_vitb16_in1k", "mae_vitb16_in1k", "pcae_vitb16_in1k", "data2vec_
            "ijepa_in1k", "cmae_in1k"]
 IMAGENET = data.DataInfo(name="imagenet2012", num_examples=1_281_167, num_classes=1000, channels=3,
                          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# ImageNet-1k's train split restricted to CMC's 100 classes has 126,689 images.
+IMAGENET100 = data.DataInfo(name="imagenet2012", num_examples=126_689, num_classes=100, channels=3,
+                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
-def full_recipe(config):
+def full_recipe(config, info=IMAGENET):
   """Build everything but data and compilation for the real recipe on a 1-device mesh."""
   config.mesh.update(dict(data=1, fsdp=1))
-  setup = train.build(config, IMAGENET, jax.devices()[:1])
+  setup = train.build(config, info, jax.devices()[:1])
   jax.eval_shape(setup.init_fn, setup.init_key)   # shapes of the whole train state, nothing allocated
   return setup
 
@@ -33,10 +36,33 @@ def test_recipe_and_runlocal(name):
 
 @pytest.mark.parametrize("row", sorted(lmim_ablations.ROWS))
 def test_every_ablation_row_builds(row):
-  full = full_recipe(lmim_ablations.get_config(f"row={row}"))
-  assert full.config.total_steps == 300 * 312
+  full = full_recipe(lmim_ablations.get_config(f"row={row}"), IMAGENET100)
+  assert full.config.total_steps == 300 * (126_689 // 1024)
   local = train.prepare(lmim_ablations.get_config(f"row={row},runlocal"), jax.devices()[:1])
   assert local.method.target_mode == full.method.target_mode and local.method.loss_name == full.method.loss_name
+
+
+def test_the_ladder_runs_in_the_recorded_setting_by_default():
+  """The official repository's recorded ablation run: ImageNet-100 (CMC's classes, in training and
+  in the NN evaluation), batch 1024 with Sim groups of 128, 300 epochs / 30 warmup, blr 1.5e-4 ->
+  lr 6e-4, floor 0.25, seed 2, Sim off except in its rows; ImageNet-1k is one argument away."""
+  c = lmim_ablations.get_config("row=mask90_gap4")
+  assert (c.input.data, c.input.classes, c.evals.nn.classes) == ("imagenet2012", "imagenet100", "imagenet100")
+  assert (c.batch_size, c.sim_reg.group_size, c.seed) == (1024, 128, 2)
+  assert (c.total_epochs, c.warmup_epochs, c.optim.blr, c.optim.min_lr_frac) == (300.0, 30.0, 1.5e-4, 0.25)
+  assert c.sim_reg.coeff == 0.0 and lmim_ablations.get_config("row=mask90_gap4_sim").sim_reg.coeff == 0.1
+  assert (c.loss.tau, c.views.patch_gap, c.views.num_vis, c.model.variant) == (0.2, 4, 20, "B/16")
+  resolved = full_recipe(lmim_ablations.get_config("row=dec_cues_mlp"), IMAGENET100).config
+  assert resolved.optim.lr == pytest.approx(6e-4) and resolved.model.projector.dim == 4096
+  in1k = lmim_ablations.get_config("row=mask90_gap4,dataset=in1k")
+  assert (in1k.input.classes, in1k.evals.nn.classes, in1k.batch_size, in1k.sim_reg.group_size) == (None, None, 4096, 256)
+
+
+def test_mse_rows_are_raw_mse_with_a_norm_mse_variant():
+  for row in ("naive", "momentum", "loss_mse"):
+    assert lmim_ablations.get_config(f"row={row}").loss.name == "mse"
+    assert lmim_ablations.get_config(f"row={row},norm_mse").loss.name == "norm_mse"
+  assert lmim_ablations.get_config("row=loss_l1,norm_mse").loss.name == "l1"  # only MSE rows change
 
 
 def test_ablation_rows_follow_the_paper_ladder():

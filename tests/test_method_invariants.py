@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmim import config_lib, train, views
+from lmim import config_lib, optim, train, views
 from lmim.data import transforms
 from lmim.errors import ConfigError
 from lmim.methods import cmae, ijepa, pcae
@@ -112,25 +112,56 @@ def test_cmae_views_are_two_different_crops():
 
 # I-JEPA -------------------------------------------------------------------------------------------
 
-def test_ijepa_blocks_fit_the_grid_and_context_avoids_targets():
-  m = build("ijepa")
-  ctx, valid, tgt = (np.asarray(x) for x in m.draw_masks(jax.random.split(jax.random.key(0), 64)))
-  L = m.num_patches
-  assert ctx.shape == (64, m.context_tokens) and tgt.shape == (64, 2, m.target_tokens)
-  assert tgt.min() >= 0 and tgt.max() < L
-  for c, v, t in zip(ctx, valid, tgt):
-    assert not set(c[v]) & set(t.reshape(-1))                  # context disjoint from every target
-    assert v.sum() >= 2 and len(set(c[v])) == v.sum()
-    for block in t:                                            # each target is part of one rectangle
-      rows, cols = block // m.grid_size, block % m.grid_size
-      assert len(set(block)) == len(block)
-      assert rows.max() - rows.min() < m.grid_size and cols.max() - cols.min() < m.grid_size
+def test_ijepa_target_blocks_are_whole_rectangles_of_one_size_per_step():
+  """As the official collator: one target size per batch, every block whole (padding is marked,
+  never a cut block), never on the last row or column, the context disjoint from the targets."""
+  m = build("ijepa", **{"model.grid_size": 8})
+  g, sizes = m.grid_size, set()
+  for step in range(12):
+    (th, tw), _ = m.block_sizes(step)
+    th, tw = int(th), int(tw)
+    sizes.add((th, tw))
+    ctx, cvalid, tgt, tvalid = (np.asarray(x) for x in m.draw_masks(jax.random.split(jax.random.key(step), 16), step))
+    assert tgt.shape == (16, 2, m.target_tokens) and ctx.shape == (16, m.context_tokens)
+    for c, cv, blocks, valid in zip(ctx, cvalid, tgt, tvalid):
+      assert not set(c[cv]) & set(blocks[valid])                 # context disjoint from every target
+      for block, v in zip(blocks, valid):
+        ids = block[v]
+        assert len(ids) == th * tw == len(set(ids))               # the whole block, nothing cut
+        rows, cols = ids // g, ids % g
+        assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (th, tw)
+        assert rows.max() < g - 1 and cols.max() < g - 1        # torch.randint(0, g − h): never the last row
+  assert len(sizes) > 1  # the size changes from step to step
 
 
-def test_ijepa_static_lengths_follow_the_sampler():
+def test_ijepa_block_sizes_and_static_lengths_follow_the_sampler():
   cfg = config_lib.base_config("ijepa").ijepa
-  kt, kc, smallest = ijepa.static_lengths(14, cfg)
-  assert kt == 25 and 10 <= smallest <= kc < 196
+  # ViT-H/14 at 224 px: a 16×16 grid; one draw sets scale and aspect together.
+  sizes = {tuple(int(v) for v in ijepa.block_size(r, 16, cfg.target_scale, cfg.target_aspect))
+           for r in np.linspace(0, 1, 2001)}
+  assert sizes == {(5, 7), (6, 6), (6, 7), (7, 6), (8, 6), (9, 6)}
+  assert ijepa.largest_block(16, cfg.target_scale, cfg.target_aspect) == 54
+  assert {tuple(int(v) for v in ijepa.block_size(r, 16, cfg.context_scale, (1.0, 1.0)))
+          for r in np.linspace(0, 1, 101)} == {(15, 15)}
+  kt, kc, smallest = ijepa.static_lengths(16, cfg)
+  assert kt == 54 and 10 <= smallest <= kc < 225
+
+
+def test_ijepa_weight_decay_follows_its_cosine_from_0_04_to_0_4():
+  cfg = config_lib.base_config("ijepa")
+  total = 100
+  tx = optim.make(cfg.optim, peak_lr=1.0, total_steps=total, warmup_steps=0, decay_rule=optim.ijepa_decay)
+  params = {"w": jnp.ones((2, 3)), "b": jnp.ones((3,))}
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  seen = {}
+  for step in range(total + 1):
+    updates, state = tx.update(zeros, state, params)   # zero gradients: the update is −lr·wd·θ
+    if step in (0, total // 2, total):
+      lr = float(optim.lr_schedule(cfg.optim, peak_lr=1.0, total_steps=total, warmup_steps=0)(step))
+      seen[step] = -float(updates["w"][0, 0]) / lr
+      assert float(updates["b"][0]) == 0.0               # biases: no decay
+  assert seen[0] == pytest.approx(0.04) and seen[total // 2] == pytest.approx(0.22) and seen[total] == pytest.approx(0.4)
 
 
 # MAE / data2vec -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ only on the generator the pipeline derives from (seed, global example index).
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from lmim.data import augment
 
@@ -138,10 +138,28 @@ def contrastive_crop_params(height: int, width: int, box, rng: np.random.Generat
   return _centre_fallback(height, width, ratio)
 
 
+def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+  """torchvision's ColorJitter(brightness=s, contrast=s, saturation=s, hue=0) on a PIL image: the
+  three adjustments in a random order, each with a factor ~ U[max(0, 1−s), 1+s], done with PIL's
+  ImageEnhance as torchvision does for PIL input (data2vec's BEiT pipeline: ColorJitter(0.4))."""
+  if strength <= 0:
+    return img
+  order = rng.permutation(4)                       # torchvision draws the order over all four
+  factors = [rng.uniform(max(0.0, 1 - strength), 1 + strength) for _ in range(3)]  # (hue: none)
+  pil = _to_pil(img)
+  enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+  for fn in order:
+    if fn < 3 and not (fn == 2 and img.shape[-1] == 1):  # saturation is a no-op on grayscale
+      pil = enhancers[fn](pil).enhance(factors[fn])
+  return _to_numpy(pil, img.shape[-1])
+
+
 def train_transform(img: np.ndarray, rng: np.random.Generator, *, size: int, mean, std,
-                    min_crop: float = 0.2, flip: bool = True, box=None, alpha: float = 1.0) -> np.ndarray:
-  """RandomResizedCrop(scale=(min_crop, 1)) (or ContrastiveCrop in `box`) -> flip(0.5) ->
-  normalise; float32 (size, size, C)."""
+                    min_crop: float = 0.2, flip: bool = True, box=None, alpha: float = 1.0,
+                    jitter: float = 0.0) -> np.ndarray:
+  """(ColorJitter(jitter) on the whole image, when > 0) -> RandomResizedCrop(scale=(min_crop, 1))
+  (or ContrastiveCrop in `box`) -> flip(0.5) -> normalise; float32 (size, size, C)."""
+  img = color_jitter(img, rng, jitter)
   if box is None:
     img = random_resized_crop(img, size, rng, scale=(min_crop, 1.0))
   else:

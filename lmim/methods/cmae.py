@@ -5,7 +5,8 @@ The paper's text was not available; this follows the reconstruction in docs/meth
 every choice a knob:
     v1, v2   = two ContrastiveCrop views of each image (RandomResizedCrop until the first boxes)
     per view: MAE masking 0.75, encoder on the visible tokens, a 2×256 pixel decoder, norm-pix MSE
-    L_con    = symmetric InfoNCE between projected CLS tokens of v1 and v2 (batch negatives, τ 0.2, ×2τ)
+    L_con    = MoCo v3's symmetric InfoNCE between projected CLS tokens of v1 and v2:
+               2τ·(CE(z1·z2ᵀ/τ) + CE(z2·z1ᵀ/τ)), batch negatives, τ 0.2
     L_pos    = cross entropy of each visible token of v2, encoded WITHOUT position embeddings,
                against its patch index (MP3-style: with positions added the task is trivial)
     L        = L_rec + λ_con·L_con + λ_pos·L_pos
@@ -21,10 +22,10 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from lmim import data, losses, views
+from lmim import data, losses, optim, views
 from lmim.errors import ConfigError
 from lmim.evaluators import features
-from lmim.methods.common import GridMethod, encode_full_images, init_encoder
+from lmim.methods.common import GridMethod, dropout_keys_for, encode_full_images, init_encoder, run
 from lmim.models import build_decoder, build_encoder, layers, validate_model
 
 
@@ -92,6 +93,7 @@ def boxes_from_heatmaps(heat: np.ndarray, image_size: int, thresh: float) -> np.
 
 class CMAE(GridMethod):
   num_views = 2
+  decay_rule = staticmethod(optim.timm_decay)  # MAE's optimiser (timm's add_weight_decay)
 
   def __init__(self, config, channels: int):
     super().__init__(config, channels)
@@ -119,11 +121,11 @@ class CMAE(GridMethod):
     return ema_params
 
   # One view: MAE reconstruction ------------------------------------------------------------------
-  def _view(self, params, images, shuffle):
+  def _view(self, params, images, shuffle, dropout_keys=None):
     patches = views.patchify(images, self.patch_size, 0)
     keep, removed = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
-    enc = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, keep), keep)
-    out = self.decoder.apply({"params": params["decoder"]}, enc["encoded"], keep, removed)
+    enc = run(self.encoder, params["encoder"], views.gather_tokens(patches, keep), keep, dropout_keys=dropout_keys)
+    out = run(self.decoder, params["decoder"], enc["encoded"], keep, removed, dropout_keys=dropout_keys)
     ids_restore = jnp.argsort(shuffle, axis=1)
     pred = views.gather_tokens(out, ids_restore)
     mask = (ids_restore >= self.len_keep).astype(jnp.float32)
@@ -131,10 +133,10 @@ class CMAE(GridMethod):
     feat = enc["cls"] if self.config.cmae.con_feature == "cls" else enc["patches"].mean(axis=1)
     return rec, feat, patches, keep
 
-  def forward(self, params, image1, image2, shuffle1, shuffle2):
+  def forward(self, params, image1, image2, shuffle1, shuffle2, dropout_keys=(None, None)):
     k = self.config.cmae
-    rec1, f1, _, _ = self._view(params, image1, shuffle1)
-    rec2, f2, patches2, keep2 = self._view(params, image2, shuffle2)
+    rec1, f1, _, _ = self._view(params, image1, shuffle1, dropout_keys[0])
+    rec2, f2, patches2, keep2 = self._view(params, image2, shuffle2, dropout_keys[1])
     z1 = self.con_head.apply({"params": params["con_head"]}, f1)
     z2 = self.con_head.apply({"params": params["con_head"]}, f2)
     con = losses.info_nce(z1, z2, k.con_tau)
@@ -148,11 +150,13 @@ class CMAE(GridMethod):
     loss = rec + k.con_weight * con + k.pos_weight * pos
     return dict(loss=loss, rec=rec, con=con, pos=pos, pos_acc=pos_acc)
 
-  def loss(self, params, ema_params, batch, keys, step):
+  def loss(self, params, ema_params, batch, keys, step, train: bool = True):
     k1 = jax.vmap(jax.random.fold_in, (0, None))(keys, 1)
     k2 = jax.vmap(jax.random.fold_in, (0, None))(keys, 2)
+    nets = (self.encoder, self.decoder)
     out = self.forward(params, batch["image"], batch["image2"], views.draw_shuffle(k1, self.num_patches),
-                       views.draw_shuffle(k2, self.num_patches))
+                       views.draw_shuffle(k2, self.num_patches),
+                       (dropout_keys_for(nets, k1, train), dropout_keys_for(nets, k2, train)))
     return out["loss"], {k: v for k, v in out.items()}
 
   def encode(self, encoder_params, images):

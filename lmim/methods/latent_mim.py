@@ -41,7 +41,11 @@ def add_config(c) -> None:
   c.loss = mlc.ConfigDict(dict(
       name="patch_disc",       # patch_disc | norm_mse (official) | mse | l1 | huber (paper ablation)
       tau=0.2,                 # PatchDisc temperature
-      huber_delta=1.0,         # δ of the token-level Huber loss
+      # Huber: the paper's token-level form (½‖e‖² if ‖e‖ < δ, else δ(‖e‖₁ − δ/2)) or torch's
+      # elementwise huber_loss; δ None = √D for 'token' (a token is quadratic once its prediction
+      # is within √D of the target: for layer-normalised latents, cosine ≳ ½) and 1 for 'elementwise'.
+      huber_form="token",
+      huber_delta=mlc.FieldReference(None, field_type=float),
   ))
   c.sim_reg = mlc.ConfigDict(dict(
       coeff=0.1,               # c in c·(Sim − s_t)²; 0 disables (official yaml), 0.1 = README recipe
@@ -77,8 +81,12 @@ def validate(config) -> None:
     raise ConfigError("loss.tau", config.loss.tau, "must be > 0")
   if num_patches - v.num_vis < 2 and loss in ("patch_disc",):
     raise ConfigError("views.num_vis", v.num_vis, "PatchDisc needs at least 2 targets per image")
-  if loss == "huber" and not config.loss.huber_delta > 0:
-    raise ConfigError("loss.huber_delta", config.loss.huber_delta, "must be > 0")
+  if loss == "huber":
+    delta = config.loss.get("huber_delta")
+    if delta is not None and not delta > 0:
+      raise ConfigError("loss.huber_delta", delta, "None (√D token-level, 1 elementwise) or > 0")
+    if config.loss.get("huber_form", "token") not in ("token", "elementwise"):
+      raise ConfigError("loss.huber_form", config.loss.huber_form, "'token' (the paper's) or 'elementwise' (torch's)")
   if config.sim_reg.coeff < 0:
     raise ConfigError("sim_reg.coeff", config.sim_reg.coeff, "must be >= 0 (0 disables the regulariser)")
   micro = config.batch_size // max(config.accum_steps, 1)
@@ -155,6 +163,13 @@ class LatentMIM:
       return params["target_encoder"], True
     return params["encoder"], self.target_mode == "joint"
 
+  @property
+  def huber_delta(self) -> float:
+    d = self.config.loss.get("huber_delta")
+    if d is not None:
+      return float(d)
+    return float(self.width) ** 0.5 if self.config.loss.get("huber_form", "token") == "token" else 1.0
+
   def reconstruction_loss(self, pred, target):
     name = self.loss_name
     if name == "patch_disc":
@@ -162,11 +177,14 @@ class LatentMIM:
     if name == "norm_mse":
       return losses.norm_mse(pred, target)
     if name == "huber":
-      return losses.huber(pred, target, self.config.loss.huber_delta)
+      if self.config.loss.get("huber_form", "token") == "elementwise":
+        return losses.huber_elementwise(pred, target, self.huber_delta)
+      return losses.huber(pred, target, self.huber_delta)
     return {"mse": losses.mse, "l1": losses.l1}[name](pred, target)
 
-  def forward(self, params, ema_params, images, shuffle, offsets, sim_target):
-    """Every intermediate of the official forward (the parity checkpoints of docs/latent_mim.md §14)."""
+  def forward(self, params, ema_params, images, shuffle, offsets, sim_target, dropout_keys=None):
+    """Every intermediate of the official forward (the parity checkpoints of docs/latent_mim.md §14).
+    `dropout_keys` (B,) turns on the online encoder's configured drop path / dropout (model.*)."""
     patches = views.patchify(images, self.patch_size, self.gap, offsets)
     vis_idx, mask_idx = shuffle[:, :self.num_vis], shuffle[:, self.num_vis:]
     trg_idx = mask_idx if self.config.views.mask_target else shuffle
@@ -177,7 +195,7 @@ class LatentMIM:
     if not trg_grad:
       z_trg = jax.lax.stop_gradient(z_trg)
     z_vis = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, vis_idx),
-                               vis_idx)["projected"]
+                               vis_idx, deterministic=dropout_keys is None, dropout_keys=dropout_keys)["projected"]
     pred, inter = self.decoder.apply({"params": params["decoder"]}, z_vis, vis_idx, mask_idx,
                                      mutable=["intermediates"])
     z_pred = pred[:, -self.num_targets:]  # cross decoder: CLS first; self decoder: visible first
@@ -192,20 +210,24 @@ class LatentMIM:
                 target_out=target_out, x_trg=z_trg, x_vis=z_vis, decoder_queries_in=queries,
                 x_pred=z_pred, loss_main=loss_main, loss_total=loss)
 
-  def loss(self, params, ema_params, batch, keys, step):
-    """Scalar loss and metrics for one micro-batch; views drawn from per-example `keys`."""
+  def loss(self, params, ema_params, batch, keys, step, train: bool = True):
+    """Scalar loss and metrics for one micro-batch; views drawn from per-example `keys`
+    (`train=False`: no dropout, for evaluators that read the method's metrics)."""
     if "shuffle" in batch:  # injected views (fixtures, tests)
       shuffle, offsets = batch["shuffle"], batch["offsets"]
     else:
       shuffle, offsets = views.draw_views(keys, grid_size=self.grid_size, gap=self.gap)
     s_t = self.sim_target(step)
-    out = self.forward(params, ema_params, batch["image"], shuffle, offsets, s_t)
+    drop = views.dropout_keys(keys) if train and self.encoder.has_dropout else None
+    out = self.forward(params, ema_params, batch["image"], shuffle, offsets, s_t, drop)
     metrics = dict(loss=out["loss_total"], loss_main=out["loss_main"],
                    sim_pred=losses.pairwise_sim(out["x_pred"]),
                    sim_vis=losses.pairwise_sim(out["x_vis"][:, 1:]),
                    sim_trg=losses.pairwise_sim(out["x_trg"]),
                    std_pred=normalized_std(out["x_pred"]), std_trg=normalized_std(out["x_trg"]),
                    sim_target=s_t)
+    if self.loss_name == "huber" and self.config.loss.get("huber_form", "token") == "token":
+      metrics["huber_quadratic_frac"] = losses.huber_quadratic_fraction(out["x_pred"], out["x_trg"], self.huber_delta)
     return out["loss_total"], metrics
 
   # Probing ----------------------------------------------------------------------------------

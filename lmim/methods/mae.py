@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
-from lmim import losses, views
+from lmim import losses, optim, views
 from lmim.errors import ConfigError
-from lmim.methods.common import GridMethod, encode_full_images, init_encoder
+from lmim.methods.common import GridMethod, dropout_keys_for, encode_full_images, init_encoder, run
 from lmim.models import build_decoder, build_encoder, validate_model
 
 
@@ -28,9 +28,7 @@ def add_config(c) -> None:
   c.optim.min_lr_frac = 0.0   # MAE: warmup from 0, cosine to 0
 
 
-def mae_decay(name: str, ndim: int) -> bool:
-  """MAE's rule: no decay for 1-D parameters and biases; everything else decays."""
-  return ndim > 1 and not name.endswith("bias")
+mae_decay = optim.timm_decay  # MAE's rule: timm's add_weight_decay
 
 
 def validate(config) -> None:
@@ -66,24 +64,24 @@ class MAE(GridMethod):
   def update_targets(self, ema_params, params, step):
     return ema_params  # no target network
 
-  def forward(self, params, images, shuffle):
+  def forward(self, params, images, shuffle, dropout_keys=None):
     """All of MAE's intermediates for a given per-image shuffle (argsort of the noise)."""
     patches = views.patchify(images, self.patch_size, 0)                # (B, L, p·p·C)
     ids_restore = jnp.argsort(shuffle, axis=1)
     keep, removed = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
-    latent = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, keep),
-                                keep)["encoded"]
-    out = self.decoder.apply({"params": params["decoder"]}, latent, keep, removed)  # [kept, removed]
+    latent = run(self.encoder, params["encoder"], views.gather_tokens(patches, keep), keep,
+                 dropout_keys=dropout_keys)["encoded"]
+    out = run(self.decoder, params["decoder"], latent, keep, removed, dropout_keys=dropout_keys)  # [kept, removed]
     pred = views.gather_tokens(out, ids_restore)                        # back to grid order
     mask = (ids_restore >= self.len_keep).astype(jnp.float32)           # 1 = removed
     loss = losses.norm_pix_mse(pred, patches, mask, self.config.mae.norm_pix_loss)
     return dict(latent=latent, mask=mask, ids_restore=ids_restore, pred=pred, target_patches=patches,
                 loss=loss)
 
-  def loss(self, params, ema_params, batch, keys, step):
+  def loss(self, params, ema_params, batch, keys, step, train: bool = True):
     shuffle = (jnp.argsort(batch["noise"], axis=1) if "noise" in batch
                else views.draw_shuffle(keys, self.num_patches))
-    out = self.forward(params, batch["image"], shuffle)
+    out = self.forward(params, batch["image"], shuffle, dropout_keys_for((self.encoder, self.decoder), keys, train))
     return out["loss"], {"loss": out["loss"]}
 
   def encode(self, encoder_params, images):

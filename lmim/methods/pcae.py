@@ -1,12 +1,17 @@
 """PCAE (Li et al., ICLR 2023): Progressively Compressed Auto-Encoder (docs/methods.md §3).
 
-One random mask per image (MAE's argsort of noise, ratio 0.75):
-    student:  Encoder(patches[visible])                    CLS + 49 visible tokens (ViT-B/16)
-    teacher:  EMA encoder on the 147 *masked* patches, no CLS, with progressive token reduction:
-              after each drop layer keep the tokens least similar to the mean token
-              (147 → 73 → 36 → 18), then the final LayerNorm and a parameter-free standardisation
-    decoder:  self-attention over [CLS, visible, mask tokens at the 18 retained positions]
+As caddyless/PCAE `models_mae.py` / `engine_pretrain.py` compute it. One random mask per image
+(MAE's argsort of noise, ratio 0.75):
+    student:  Encoder(patches[visible])                    CLS + 49 visible tokens (ViT-B/16),
+              drop path 0 → 0.25 over the blocks (model.drop_path)
+    teacher:  EMA encoder on the 147 *masked* patches, without the CLS token, no drop path, with
+              progressive token reduction: after each drop layer keep the tokens least similar to
+              the mean token (147 → 73 → 36 → 18), then the final LayerNorm and a per-token
+              standardisation (unbiased variance + 1e-6)
+    decoder:  self-attention over [CLS, visible, mask tokens at the 18 retained positions],
+              drop path 0.25 in every block (model.decoder.drop_path)
     loss:     1 − cos(prediction, target) at the retained positions
+Weight decay is timm's `add_weight_decay` (PCAE's optimiser), not Latent MIM's rule.
 The teacher's compute shrinks stage by stage and the decoder reconstructs only ~10% of the image,
 which is PCAE's saving over MAE (visible in `python -m lmim.benchmark` FLOPs). `random_drop`
 replaces the similarity ranking by a random choice (the paper's "RD" ablation).
@@ -16,9 +21,9 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from lmim import losses, schedules, views
+from lmim import losses, optim, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.common import GridMethod, ema_update, encode_full_images, init_encoder
+from lmim.methods.common import GridMethod, dropout_keys_for, ema_update, encode_full_images, init_encoder, run
 from lmim.models import build_decoder, build_encoder, encoder_dims, validate_model
 
 DROP_CASES = (0, 1, 2, 3)
@@ -35,7 +40,8 @@ def add_config(c) -> None:
   ))
   c.model.posemb = "mae"
   c.model.projector.depth = 0
-  c.model.decoder.update(dict(type="self", width=512, depth=8, num_heads=16))
+  c.model.drop_path = 0.25     # student encoder: linear ramp 0 -> 0.25 (PCAE's --drop_path)
+  c.model.decoder.update(dict(type="self", width=512, depth=8, num_heads=16, drop_path=0.25))
   c.optim.min_lr_frac = 0.0
 
 
@@ -84,6 +90,8 @@ def validate(config) -> None:
 
 
 class PCAE(GridMethod):
+  decay_rule = staticmethod(optim.timm_decay)
+
   def __init__(self, config, channels: int):
     super().__init__(config, channels)
     c = config
@@ -92,6 +100,7 @@ class PCAE(GridMethod):
     layers = drop_layers(encoder_dims(c.model)["depth"], c.pcae.num_stages, c.pcae.drop_case)
     self.reduce = tuple(zip(layers, self.counts[1:]))
     self.encoder = build_encoder(c.model, projector=False)
+    self.teacher = self.encoder.clone(use_cls=False)  # same weights (EMA), the CLS token left out
     self.decoder = build_decoder(c.model, out_dim=self.width, kind="self")  # teacher latents
 
   def init(self, rng):
@@ -109,22 +118,26 @@ class PCAE(GridMethod):
   def update_targets(self, ema_params, params, step):
     return ema_update(ema_params, params["encoder"], self.momentum(step))
 
-  def forward(self, params, ema_params, images, shuffle, drop_key=None):
+  def forward(self, params, ema_params, images, shuffle, drop_key=None, dropout_keys=None):
     patches = views.patchify(images, self.patch_size, 0)
     visible, masked = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
-    teacher = self.encoder.apply({"params": ema_params}, views.gather_tokens(patches, masked), masked,
+    teacher = self.teacher.apply({"params": ema_params}, views.gather_tokens(patches, masked), masked,
                                  reduce=self.reduce, reduce_key=drop_key)
     retained = teacher["ids"]                                               # (B, counts[-1])
-    target = jax.lax.stop_gradient(losses.layer_norm_no_params(teacher["patches"]))
-    latent = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, visible),
-                                visible)["encoded"]
-    pred = self.decoder.apply({"params": params["decoder"]}, latent, visible, retained)[:, self.len_keep:]
+    t = teacher["patches"]  # engine_pretrain.py: (t − mean) / (var_unbiased + 1e-6)^½ per token
+    t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(jnp.var(t, axis=-1, keepdims=True, ddof=1) + 1e-6)
+    target = jax.lax.stop_gradient(t)
+    latent = run(self.encoder, params["encoder"], views.gather_tokens(patches, visible), visible,
+                 dropout_keys=dropout_keys)["encoded"]
+    pred = run(self.decoder, params["decoder"], latent, visible, retained,
+               dropout_keys=dropout_keys)[:, self.len_keep:]
     return dict(loss=losses.cosine_distance(pred, target), retained=retained, pred=pred, target=target)
 
-  def loss(self, params, ema_params, batch, keys, step):
+  def loss(self, params, ema_params, batch, keys, step, train: bool = True):
     shuffle = views.draw_shuffle(keys, self.num_patches)
     drop_key = jax.vmap(jax.random.fold_in, (0, None))(keys, 1) if self.config.pcae.random_drop else None
-    out = self.forward(params, ema_params, batch["image"], shuffle, drop_key)
+    out = self.forward(params, ema_params, batch["image"], shuffle, drop_key,
+                       dropout_keys_for((self.encoder, self.decoder), keys, train))
     return out["loss"], {"loss": out["loss"], "sim_pred": losses.pairwise_sim(out["pred"]),
                          "sim_trg": losses.pairwise_sim(out["target"])}
 
