@@ -211,6 +211,22 @@ def test_a_class_subset_keeps_exactly_its_classes_relabelled_alike_in_every_spli
       data.open_source("mnist5k", "test", data_dir, classes=bad)
 
 
+def test_imagenet100_on_tfds_mock_data_keeps_cmcs_classes_in_train_and_validation(tmp_path):
+  from lmim.data import prepare, sources  # pylint: disable=import-outside-toplevel
+  wnids = prepare.imagenet_classes()
+  cmc = set(sources.read_class_spec("imagenet100", "input.classes"))
+  kept = sorted(wnids.index(w) for w in cmc)
+  with tfds.testing.mock_data(num_examples=400, policy=tfds.testing.MockPolicy.USE_CODE):
+    for split in ("train", "validation"):
+      full, _ = data.open_source("imagenet2012", split, str(tmp_path))
+      labels = full.labels()
+      sub, info = data.open_source("imagenet2012", split, str(tmp_path), classes="imagenet100")
+      expected = [i for i, l in enumerate(labels) if wnids[l] in cmc]
+      assert 0 < len(sub) == len(expected) < len(full) and info.num_classes == 100
+      assert list(sub.indices) == expected
+      assert [sub[i]["label"] for i in range(len(sub))] == [kept.index(labels[j]) for j in expected]
+
+
 def _write_images(root, classes, n, shape, seed=0):
   rng = np.random.default_rng(seed)
   for cls in classes:
