@@ -107,13 +107,19 @@ def console_logging() -> logging.Logger:
   return logger
 
 
-def file_logging(path: str) -> None:
-  """Also write lmim's lines to `path` (one log file at a time: a previous one is closed)."""
-  logger = console_logging()
+def stop_file_logging() -> None:
+  """Close the log file `file_logging` opened (lmim's lines go to the console only again)."""
+  logger = logging.getLogger("lmim")
   for h in list(logger.handlers):
     if isinstance(h, logging.FileHandler):
       logger.removeHandler(h)
       h.close()
+
+
+def file_logging(path: str) -> None:
+  """Also write lmim's lines to `path` (one log file at a time: a previous one is closed)."""
+  logger = console_logging()
+  stop_file_logging()
   fh = logging.FileHandler(path)
   fh.setFormatter(_formatter())
   logger.addHandler(fh)

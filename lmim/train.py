@@ -26,7 +26,8 @@ from lmim import config_lib, data, distributed, evaluators, methods, optim, shar
 from lmim.checkpoint import Checkpointer, abstract_like
 from lmim.checkpoint import write_failure_reason
 from lmim.errors import CheckpointError, CheckpointReadError, CheckpointWriteError, NonFiniteError, WorkdirError
-from lmim.metrics_writer import MetricWriter, console_logging, file_logging, format_line, read_jsonl
+from lmim.metrics_writer import (MetricWriter, console_logging, file_logging, format_line, read_jsonl,
+                                 stop_file_logging)
 from lmim.train_state import TrainState
 
 log = logging.getLogger("lmim")
@@ -196,13 +197,20 @@ def train(config, workdir: str, *, devices=None, stop_after_steps: int | None = 
   ########################################################################################
   console_logging()
   setup = prepare(config, devices)
-  cfg, method, mesh = setup.config, setup.method, setup.mesh
   check_workdir(workdir)
   _setup_logging(workdir)
-  if command:
-    log.info("Command: %s", command)
-  distributed.preflight(workdir)  # multi-host: same code everywhere, one shared workdir
+  try:
+    if command:
+      log.info("Command: %s", command)
+    distributed.preflight(workdir)  # multi-host: same code everywhere, one shared workdir
+    return _train(config, workdir, setup, stop_after_steps, command)
+  finally:
+    stop_file_logging()  # the next run in this process (a study, a test) logs to its own workdir
 
+
+def _train(config, workdir: str, setup: Setup, stop_after_steps, command) -> dict:
+  """`train` once the workdir and its log are set up."""
+  cfg, method, mesh = setup.config, setup.method, setup.mesh
   ########################################################################################
   # Checkpoint resume. Precedence: the workdir's own latest checkpoint, else a fresh start.
   # A checkpoint of a different config is refused before anything is compiled or written.

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from lmim.data import embedded, location
+from lmim.data import embedded, location, shapes
 from lmim.errors import ConfigError, DataNotPreparedError, first_line
 
 log = logging.getLogger("lmim")
@@ -50,12 +50,15 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # so grayscale data never gets ImageNet's statistics.
 KNOWN_STATS = {
     "mnist5k": ((0.1307,), (0.3081,)),
+    "shapes10k": ((0.4984, 0.4964, 0.4989), (0.2686, 0.2700, 0.2691)),  # its train split
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet2012": IMAGENET_STATS,
 }
+# The datasets that ship with lmim (built into the data directory on first use): name -> preparer.
+EMBEDDED = {embedded.NAME: embedded.ensure_prepared, shapes.NAME: shapes.ensure_prepared}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _MAX_STAT_EXAMPLES = 1024
@@ -443,8 +446,8 @@ def open_source(data: str, split: str, data_dir: str | None = None, *, mean=None
   if not isinstance(data, str) or not data:
     raise ConfigError(f"{config_prefix}.data", data,
                       "'mnist5k', 'folder:/path/to/images' or a TFDS dataset name")
-  if data == embedded.NAME:
-    data_dir = embedded.ensure_prepared(data_dir)
+  if data in EMBEDDED:
+    data_dir = EMBEDDED[data](data_dir)
     src, channels, class_names = _open_tfds(data, split, data_dir, config_prefix)
   elif data.startswith("folder:"):
     root = data[len("folder:"):]

@@ -9,6 +9,8 @@ Feature names (the choice decides whether numbers are comparable; docs/methods.m
   cls_block<k>     CLS token after block k
   patch_tokens     every patch token after the final LayerNorm, (B, L, D) (DINO's DAVIS feature)
   patch_tokens_pre_norm  every patch token of the last block, before the final LayerNorm
+  pixels           no encoder: the evaluation image itself (normalised, flattened), minus its
+                   mean over the split — the raw-pixel baseline, measured by the same protocol
 Images are evaluated at gap 0 (a contiguous grid), as the official evaluation does.
 """
 import functools
@@ -22,7 +24,7 @@ from lmim import sharding
 from lmim.errors import ConfigError
 
 FEATURES = ("pooled_pre_norm", "pooled", "cls", "block<k>", "cls_block<k>", "patch_tokens",
-            "patch_tokens_pre_norm")
+            "patch_tokens_pre_norm", "pixels")
 
 
 def select(reps: dict, feature: str):
@@ -65,8 +67,17 @@ def jitted(fn, mesh):
   return jax.jit(fn, out_shardings=sharding.replicated(mesh))
 
 
+def pixels(params, images):
+  """The raw-pixel 'feature': the evaluation images flattened (no encoder)."""
+  del params
+  return images.reshape(images.shape[0], -1).astype(jnp.float32)
+
+
 @functools.lru_cache(maxsize=16)
 def feature_fn(method, feature: str):
+  if feature == "pixels":
+    return pixels
+
   def fn(params, images):
     return select(method.encode(params, images), feature).astype(jnp.float32)
   return fn
@@ -78,7 +89,10 @@ def extract(method, encoder_params, batches, mesh, feature: str = "pooled_pre_no
   `batches` yields process-local {'image', 'label', 'mask'}; padded rows (mask False) are
   dropped, so every process can run the same number of steps on a padded stream.
   """
-  return extract_fn(feature_fn(method, check_feature(feature)), encoder_params, batches, mesh)
+  out, labels = extract_fn(feature_fn(method, check_feature(feature)), encoder_params, batches, mesh)
+  if feature == "pixels":  # centred over the split, so cosine similarity compares deviations
+    out = out - out.mean(axis=0, keepdims=True)
+  return out, labels
 
 
 def extract_fn(fn, params, batches, mesh):

@@ -1,0 +1,94 @@
+"""The studies driver: a 2-cell × 2-seed study of a few steps runs, writes its table and plots,
+resumes without re-running finished cells, and runs one cell as a separate job."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from conftest import ROOT
+from lmim import cli, study
+from lmim.errors import ConfigError
+
+SPEC = str(ROOT / "tests" / "studies" / "tiny_study.py")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("study"))
+  cfg, _ = cli.load_config(SPEC)
+  res = study.run(cfg, wd, config_spec=SPEC, subprocesses=False)
+  return cfg, wd, res
+
+
+def test_a_study_runs_every_cell_and_seed_and_writes_table_and_plots(finished):
+  cfg, wd, res = finished
+  assert sorted(res["cells"]) == ["vis10", "vis20"]
+  for name in ("vis10", "vis20"):
+    seeds = res["cells"][name]["seeds"]
+    assert sorted(seeds) == ["0", "1"] and all("nn/top1" in m for m in seeds.values())
+    s = res["cells"][name]["summary"]["nn/top1"]
+    vals = [m["nn/top1"] for m in seeds.values()]
+    assert s["n"] == 2 and s["mean"] == pytest.approx(sum(vals) / 2)
+    assert set(res["cells"][name]["curves"]) == {"nn_curve/top1", "sim_trg"}
+    assert [p[0] for p in res["cells"][name]["curves"]["nn_curve/top1"]["0"]] == [2, 4]  # every 2 of 4 steps
+  # The two cells really differ in the field they name, and the seed reaches the trainer.
+  a = json.load(open(os.path.join(wd, "cells", "vis20", "seed1", "config.json"), encoding="utf-8"))["resolved"]
+  assert a["views"]["num_vis"] == 20 and a["seed"] == 1 and a["total_steps"] == 4
+  assert res["pixels"] is not None and "nn/top1" in res["pixels"]
+  table = open(os.path.join(wd, "table.md"), encoding="utf-8").read()
+  assert "| vis10 |" in table and "| vis20 |" in table and "±" in table and "raw pixels" in table
+  for png in ("curves.png", "sims.png", "final.png"):
+    path = os.path.join(wd, png)
+    assert os.path.getsize(path) > 5000 and open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_a_rerun_does_not_rerun_finished_cells(finished):
+  cfg, wd, _ = finished
+  stamps = {j.id: os.stat(os.path.join(study.job_dir(wd, j), "cell.json")).st_mtime_ns for j in study.jobs(cfg)}
+  logs = {j.id: os.path.getsize(os.path.join(study.job_dir(wd, j), "log.txt")) for j in study.jobs(cfg)}
+  study.run(cfg, wd, config_spec=SPEC, subprocesses=False)
+  for j in study.jobs(cfg):
+    assert os.stat(os.path.join(study.job_dir(wd, j), "cell.json")).st_mtime_ns == stamps[j.id]
+    assert os.path.getsize(os.path.join(study.job_dir(wd, j), "log.txt")) == logs[j.id]  # nothing trained
+
+
+def test_an_interrupted_cell_resumes_from_its_checkpoint(finished, tmp_path):
+  cfg, _, _ = finished
+  job = study.Job("vis10", 0)
+  wd = str(tmp_path)
+  from lmim import train  # pylint: disable=import-outside-toplevel
+  train.train(study.cell_config(cfg, "vis10", 0), study.job_dir(wd, job), stop_after_steps=2)  # "killed" at 2
+  out = study.run_job(cfg, wd, job)
+  log = open(os.path.join(study.job_dir(wd, job), "log.txt"), encoding="utf-8").read()
+  assert "Resumed from step 2" in log and out["total_steps"] == 4
+
+
+def test_the_command_lists_jobs_and_runs_one_as_a_separate_process(finished, tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+  listed = subprocess.run([sys.executable, "-m", "lmim.study", "--config", SPEC, "--workdir", str(tmp_path), "--list"],
+                          capture_output=True, text=True, env=env, timeout=300)
+  assert listed.returncode == 0 and listed.stdout.split() == ["vis10:0", "vis10:1", "vis20:0", "vis20:1"]
+  one = subprocess.run([sys.executable, "-m", "lmim.study", "--config", SPEC, "--workdir", str(tmp_path), "--cell", "2"],
+                       capture_output=True, text=True, env=env, timeout=600)
+  assert one.returncode == 0, one.stderr[-2000:]
+  assert os.path.exists(os.path.join(tmp_path, "cells", "vis20", "seed0", "cell.json"))
+  assert not os.path.exists(os.path.join(tmp_path, "cells", "vis10"))
+  bad = subprocess.run([sys.executable, "-m", "lmim.study", "--config", SPEC, "--workdir", str(tmp_path), "--cell", "vis99:0"],
+                       capture_output=True, text=True, env=env, timeout=300)
+  assert bad.returncode == 2 and "not a job of this study" in bad.stderr
+
+
+def test_bad_studies_are_one_line():
+  cfg, _ = cli.load_config(SPEC)
+  with cfg.unlocked():
+    cfg.cells = [cfg.cells[0], cfg.cells[0]]
+  with pytest.raises(ConfigError, match="distinct cell names"):
+    study.validate(cfg)
+  cfg, _ = cli.load_config(SPEC)
+  with cfg.unlocked():
+    cfg.cells = [study.cell("x", "configs/lmim_demo.py", **{"views.num_viz": 3})]
+  with pytest.raises(ConfigError, match="study cell x"):
+    study.validate(cfg)
