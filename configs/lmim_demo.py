@@ -39,4 +39,6 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 200
   c.evals.nn = dict(type="nn_loo", data="mnist5k", split="test", batch_size=250, every_steps=None,
                     every_epochs=None, at_init=True, encoder="online", feature="pooled_pre_norm")
+  # The same NN on raw pixels (no encoder), printed beside the trained and initial numbers.
+  c.evals.nn_pixels = dict(c.evals.nn.to_dict(), at_init=False, feature="pixels")
   return c

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -344,6 +345,7 @@ def main():
   flags.DEFINE_string("cell", None, "Run only this job, 'cell:seed' (or its index in --list).")
   flags.DEFINE_bool("list", False, "Print the jobs ('cell:seed'), one per line, and exit.")
   flags.DEFINE_bool("report", False, "Only aggregate the finished cells: results.json, table.md, plots.")
+  flags.DEFINE_string("publish", None, "Also copy table.md and the plots into this folder (e.g. docs/results/<study>).")
   flags.mark_flags_as_required(["workdir"])
 
   def body(study, path):
@@ -373,6 +375,11 @@ def main():
     with open(os.path.join(f.workdir, "table.md"), encoding="utf-8") as fh:
       print(fh.read())
     print("plots: " + ", ".join(res.get("plots", [])))
+    if f.publish:
+      os.makedirs(f.publish, exist_ok=True)
+      for path in [os.path.join(f.workdir, "table.md")] + list(res.get("plots", [])):
+        shutil.copy(path, f.publish)
+      print(f"published to {f.publish}")
   cli.run_app(body)
 
 

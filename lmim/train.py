@@ -492,22 +492,30 @@ def _run_evals(evals: dict, cfg, state, step: int, writer, at_init: bool = False
 
 
 def _report(workdir: str, results: dict):
-  """End of run: the evals at the end, beside the same evals at initialisation if measured."""
+  """End of run: the evals at the end, beside the same evals at initialisation and, for an eval
+  `<name>` with a twin `<name>_pixels` (feature='pixels'), beside raw pixels by the same protocol."""
   init = {}
   for row in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
     if row["step"] == 0:
       init.update({k: v for k, v in row.items() if k.endswith("_init")})
+  pixels = {}
+  for key, value in results.items():
+    name, _, metric = key.partition("/")
+    if name.endswith("_pixels") and not key.endswith("_init"):
+      pixels[f"{name[:-len('_pixels')]}/{metric}"] = value
   lines = []
   for key, value in results.items():
-    if key.endswith("_init"):
+    if key.endswith("_init") or key.partition("/")[0].endswith("_pixels"):
       continue
-    before = init.get(key + "_init")
-    lines.append(f"  {key}: {value:.2f}" + (f"   (at initialisation: {before:.2f})" if before is not None else ""))
+    extra = [f"at initialisation: {init[key + '_init']:.2f}"] if key + "_init" in init else []
+    extra += [f"raw pixels: {pixels[key]:.2f}"] if key in pixels else []
+    lines.append(f"  {key}: {value:.2f}" + (f"   ({'; '.join(extra)})" if extra else ""))
   if lines:
     log.info("Final evaluation:\n%s", "\n".join(lines))
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"final": {k: v for k, v in results.items() if not k.endswith("_init")},
-               "init": init}, f, indent=1)
+    json.dump({"final": {k: v for k, v in results.items() if not k.endswith("_init") and k not in
+                         {f"{n.partition('/')[0]}_pixels/{n.partition('/')[2]}" for n in pixels}},
+               "init": init, "pixels": pixels}, f, indent=1)
 
 
 def _write_config(workdir: str, user_config, cfg, command: str | None = None):

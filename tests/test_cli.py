@@ -33,7 +33,8 @@ def test_main_job_runs_and_reports_nn_before_and_after(tmp_path):
   first): trains, checkpoints, logs, reports NN twice, and prints no warning at all."""
   wd = tmp_path / "demo"
   r = run("lmim.train", "--config", "configs/lmim_demo.py:steps=30", "--workdir", str(wd),
-          "--config.log_every_steps=10", "--config.evals.nn.split=test[:300]", LMIM_DATA_DIR=str(tmp_path / "data"))
+          "--config.log_every_steps=10", "--config.evals.nn.split=test[:300]",
+          "--config.evals.nn_pixels.split=test[:300]", LMIM_DATA_DIR=str(tmp_path / "data"))
   assert r.returncode == 0, r.stderr[-3000:]
   assert "Preparing the embedded dataset mnist5k" in r.stderr
   warnings = [l for l in r.stderr.splitlines() if re.match(r"(W\d{4} |\d\d:\d\d:\d\d W |WARNING)", l)
@@ -49,11 +50,13 @@ def test_main_job_runs_and_reports_nn_before_and_after(tmp_path):
     assert key in train_rows[-1]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
   log = (wd / "log.txt").read_text()
-  assert "step 30/30" in log and "nn/top1" in log and "at initialisation" in log
+  assert "step 30/30" in log and "nn/top1" in log and "at initialisation" in log and "raw pixels" in log
+  assert set(results["pixels"]) == {"nn/top1"} and "nn_pixels/top1" not in results["final"]
   assert sorted(os.listdir(wd / "checkpoints")) == ["30"]
   # Running the finished job again resumes at the end and does no more training.
   r = run("lmim.train", "--config", "configs/lmim_demo.py:steps=30", "--workdir", str(wd),
-          "--config.log_every_steps=10", "--config.evals.nn.split=test[:300]")
+          "--config.log_every_steps=10", "--config.evals.nn.split=test[:300]",
+          "--config.evals.nn_pixels.split=test[:300]")
   assert r.returncode == 0, r.stderr[-3000:]
 
 

@@ -16,6 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU = ROOT / "launch" / "tpu_pod.sh"
 SLURM = ROOT / "launch" / "slurm.sbatch"
 LOCAL = ROOT / "launch" / "local.sh"
+STUDY = ROOT / "launch" / "slurm_study.sbatch"
 JAX_PIN = re.search(r"^jax==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
 TRAIN = ["--config", "configs/lmim_vitb16_in1k.py", "--workdir", "gs://bucket/run 1", "--config.seed=3"]
 POD = ["--name", "pod1", "--zone", "us-central2-b"]
@@ -271,3 +272,12 @@ def test_local_dry_run(env):
 def test_local_bad_processes(env, bad):
   out = sh(LOCAL, "--dry-run", "--processes", bad, "--", "python", "-m", "lmim.train", env=env)
   assert "--processes" in one_line_error(out)
+
+
+def test_slurm_study_array_task_runs_its_cell(env):
+  (argv,) = commands(sh(STUDY, "--config", "configs/studies/laptop_ladder.py:data=mnist5k", "--workdir",
+                        "/shared/studies/ladder", env=env, DRY_RUN="1", SLURM_ARRAY_TASK_ID="7"))
+  assert argv == [".venv/bin/python", "-m", "lmim.study", "--config", "configs/studies/laptop_ladder.py:data=mnist5k",
+                  "--workdir", "/shared/studies/ladder", "--cell", "7"]
+  missing = sh(STUDY, "--config", "c.py", "--workdir", "/shared/w", env=env, DRY_RUN="1")
+  assert missing.returncode == 2 and "SLURM_ARRAY_TASK_ID" in missing.stderr and "--array" in missing.stderr
