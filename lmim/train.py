@@ -483,11 +483,13 @@ def _run_evals(evals: dict, cfg, state, step: int, writer, at_init: bool = False
     if at_init and not cfg.evals[name].get("at_init", False):
       continue
     t0 = time.perf_counter()
+    this = {}
     for metric, value in ev.run(state):
       key = f"{name}/{metric}" + ("_init" if at_init else "")
-      out[key] = value
+      this[key] = value
       log.info("eval %s at step %d: %.3f (%.1f s)", key, step, value, time.perf_counter() - t0)
-    writer.write_scalars(step, {k: v for k, v in out.items()})
+    writer.write_scalars(step, this)  # each eval's values once: a curve has one point per step
+    out.update(this)
   return out
 
 
