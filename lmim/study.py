@@ -64,7 +64,8 @@ class Job:
 
 
 def jobs(study) -> list[Job]:
-  return [Job(c.name, int(s)) for c in study.cells for s in study.seeds]
+  """Seed-major: an interrupted study has every cell at its first seed before any at its second."""
+  return [Job(c.name, int(s)) for s in study.seeds for c in study.cells]
 
 
 def validate(study) -> None:
@@ -310,6 +311,16 @@ def _job_command(config_spec: str, overrides, workdir: str, job: Job) -> list[st
   return args + [f"--config.{k}={v}" for k, v in overrides]
 
 
+def _job_env(workdir: str) -> dict:
+  """The cells' processes share a persistent XLA cache: a cell's second and third seeds compile
+  the same programs as its first (only the seed differs) and load them instead. A user's own
+  JAX_COMPILATION_CACHE_DIR wins."""
+  env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(workdir), "xla_cache"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+  return env
+
+
 def run(study, workdir: str, *, config_spec: str, overrides=(), subprocesses: bool = True) -> dict:
   """Every unfinished cell × seed in turn (each in its own process unless `subprocesses=False`),
   the pixel baseline, then the report."""
@@ -325,7 +336,7 @@ def run(study, workdir: str, *, config_spec: str, overrides=(), subprocesses: bo
       logfile = os.path.join(job_dir(workdir, job), "study_job.log")
       os.makedirs(os.path.dirname(logfile), exist_ok=True)
       with open(logfile, "a", encoding="utf-8") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False, env=_job_env(workdir)).returncode
       if rc != 0:
         raise LmimError(f"study cell {job.id} failed (exit {rc}); its log: {logfile}; rerun to retry it "
                         f"(finished cells are kept): {shlex.join(cmd)}")
@@ -334,6 +345,25 @@ def run(study, workdir: str, *, config_spec: str, overrides=(), subprocesses: bo
     log.info("Cell %s done (%d/%d) in %.0f s.", job.id, i + 1, len(todo), time.perf_counter() - t0)
   run_pixels(study, workdir)
   return report(study, workdir)
+
+
+def publish(study, workdir: str, dest: str, res: dict) -> None:
+  """table.md, results.json, pixels.json and the plots, plus each finished cell's record
+  (cell.json, metrics.jsonl: a few kB) under dest/cells/<cell>/seed<k>/, so that copying dest into
+  a workdir resumes the study there without re-running what is published."""
+  os.makedirs(dest, exist_ok=True)
+  for path in [os.path.join(workdir, n) for n in ("table.md", "results.json", "pixels.json")] + list(
+      res.get("plots", [])):
+    if os.path.exists(path):
+      shutil.copy(path, dest)
+  for job in jobs(study):
+    src = job_dir(workdir, job)
+    if os.path.exists(os.path.join(src, "cell.json")):
+      out = os.path.join(dest, os.path.relpath(src, workdir))
+      os.makedirs(out, exist_ok=True)
+      for name in ("cell.json", "metrics.jsonl"):
+        if os.path.exists(os.path.join(src, name)):
+          shutil.copy(os.path.join(src, name), out)
 
 
 def main():
@@ -377,8 +407,7 @@ def main():
     print("plots: " + ", ".join(res.get("plots", [])))
     if f.publish:
       os.makedirs(f.publish, exist_ok=True)
-      for path in [os.path.join(f.workdir, "table.md")] + list(res.get("plots", [])):
-        shutil.copy(path, f.publish)
+      publish(study, f.workdir, f.publish, res)
       print(f"published to {f.publish}")
   cli.run_app(body)
 

@@ -2,6 +2,7 @@
 resumes without re-running finished cells, and runs one cell as a separate job."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,8 +71,8 @@ def test_the_command_lists_jobs_and_runs_one_as_a_separate_process(finished, tmp
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
   listed = subprocess.run([sys.executable, "-m", "lmim.study", "--config", SPEC, "--workdir", str(tmp_path), "--list"],
                           capture_output=True, text=True, env=env, timeout=300)
-  assert listed.returncode == 0 and listed.stdout.split() == ["vis10:0", "vis10:1", "vis20:0", "vis20:1"]
-  one = subprocess.run([sys.executable, "-m", "lmim.study", "--config", SPEC, "--workdir", str(tmp_path), "--cell", "2"],
+  assert listed.returncode == 0 and listed.stdout.split() == ["vis10:0", "vis20:0", "vis10:1", "vis20:1"]
+  one = subprocess.run([sys.executable, "-m", "lmim.study", "--config", SPEC, "--workdir", str(tmp_path), "--cell", "1"],
                        capture_output=True, text=True, env=env, timeout=600)
   assert one.returncode == 0, one.stderr[-2000:]
   assert os.path.exists(os.path.join(tmp_path, "cells", "vis20", "seed0", "cell.json"))
@@ -92,3 +93,16 @@ def test_bad_studies_are_one_line():
     cfg.cells = [study.cell("x", "configs/lmim_demo.py", **{"views.num_viz": 3})]
   with pytest.raises(ConfigError, match="study cell x"):
     study.validate(cfg)
+
+
+def test_a_published_study_resumes_elsewhere_without_rerunning(finished, tmp_path):
+  cfg, wd, res = finished
+  dest = tmp_path / "published"
+  study.publish(cfg, wd, str(dest), res)
+  assert {p.name for p in dest.iterdir()} >= {"table.md", "results.json", "cells"}
+  elsewhere = tmp_path / "elsewhere"
+  shutil.copytree(dest, elsewhere)
+  again = study.run(cfg, str(elsewhere), config_spec=SPEC, subprocesses=False)  # nothing left to train
+  assert not list(elsewhere.glob("cells/*/*/log.txt"))
+  assert again["cells"]["vis10"]["summary"] == res["cells"]["vis10"]["summary"]
+  assert again["cells"]["vis20"]["curves"] == res["cells"]["vis20"]["curves"]
