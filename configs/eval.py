@@ -22,11 +22,14 @@ Presets (published ViT-B/16 Latent MIM numbers, 800 epochs, beside the protocol 
   pictures      PCA-to-RGB maps, hierarchical-clustering segmentation, NN retrieval grids
   all           every preset above
   demo          the embedded-data set: NN, kNN, a cached-feature linear probe, collapse, pictures
-Arguments: preset, data (ImageNet's TFDS name), data_dir, encoder (online|ema).
+Arguments: preset, data (ImageNet's TFDS name), data_dir, encoder (online|ema), feature (sets the
+feature of every evaluator that has one and drops those that do not: `feature=pixels` measures raw
+pixels by exactly the same protocols, the baseline beside every representation number).
 """
 import ml_collections as mlc
 
 from lmim import config_lib
+from lmim.errors import ConfigArgumentError
 
 IMAGENET = "imagenet2012"
 
@@ -94,13 +97,15 @@ def demo(a):
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, choices={"preset": [*PRESETS, "all", "demo"], "encoder": ("online", "ema")},
-                          preset="official_nn", data=IMAGENET, data_dir="", encoder="online")
+                          preset="official_nn", data=IMAGENET, data_dir="", encoder="online", feature="")
   c = mlc.ConfigDict()
   c.preset = a.preset
   c.mesh = dict(data=-1, fsdp=1)
   names = list(PRESETS) if a.preset == "all" else [a.preset]
-  if a.preset == "demo":
-    c.evals = demo(a)
-    return c
-  c.evals = {n: PRESETS[n](a) for n in names}
+  evals = demo(a) if a.preset == "demo" else {n: PRESETS[n](a) for n in names}
+  if a.feature:
+    evals = {n: {**e, "feature": a.feature} for n, e in evals.items() if "feature" in e}
+    if not evals:
+      raise ConfigArgumentError("feature", a.feature, f"a preset with a feature field (preset={a.preset} has none)")
+  c.evals = evals
   return c

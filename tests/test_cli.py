@@ -95,6 +95,7 @@ def test_bad_evaluation_preset_is_one_line(tmp_path):
     ("configs/lmim_ablations.py:row=nope", [], "config argument row='nope' is invalid: one of dec_cross_mlp"),
     ("configs/pcae_vitb16_in1k.py:drop_case=7", [], "config argument drop_case=7 is invalid: one of 0, 1, 2, 3"),
     ("configs/eval.py:preset=demo,encoder=target", [], "config argument encoder='target' is invalid: one of ema, online"),
+    ("configs/eval.py:preset=collapse,feature=pixels", [], "config argument feature='pixels' is invalid: a preset with a feature field"),
     ("configs/nope.py", [], "--config configs/nope.py: no such config file"),
     ("configs/lmim_demo.py", [("batch_size", "abc")], "config.batch_size='abc' is invalid: an integer"),
     ("configs/lmim_demo.py", [("batch_size", "12.5")], "config.batch_size='12.5' is invalid: an integer"),

@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from configs import lmim_ablations
-from lmim import data, train
+from lmim import cli, data, train
 
 CONFIGS = ["lmim_vitb16_in1k", "mae_vitb16_in1k", "pcae_vitb16_in1k", "data2vec_vitb16_in1k",
            "ijepa_in1k", "cmae_in1k"]
@@ -74,3 +74,13 @@ def test_ablation_rows_follow_the_paper_ladder():
   assert (final.model.decoder.type, final.model.decoder.visual_cues, final.model.projector.depth) == ("cross", True, 3)
   with pytest.raises(Exception, match="row"):
     lmim_ablations.get_config("row=nonsense")
+
+
+def test_an_evaluation_preset_measures_raw_pixels_by_the_same_protocols():
+  base, _ = cli.load_config("configs/eval.py:preset=demo")
+  pix, _ = cli.load_config("configs/eval.py:preset=demo,feature=pixels")
+  assert sorted(pix.evals) == ["knn", "linear", "nn"]  # collapse and pictures have no feature
+  for name in pix.evals:
+    assert pix.evals[name].feature == "pixels"
+    assert {k: v for k, v in pix.evals[name].items() if k != "feature"} == \
+        {k: v for k, v in base.evals[name].items() if k != "feature"}

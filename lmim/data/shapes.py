@@ -8,8 +8,9 @@ The class is the **shape** of one object: circle, square, triangle, diamond, sta
 L, T, or a pair of bars. Everything else is a nuisance drawn independently per image:
   - position and size (the object spans 35–75 % of the image, anywhere it fits), rotation;
   - colour: foreground and background from independent random RGB colours (never too close);
-  - texture: the object and the background each carry a random grating (orientation, frequency,
-    phase, contrast) and pixel noise.
+  - texture: the object and the background each carry i.i.d. multiplicative grain of a random
+    strength (no grating: a masked-patch predictor would extrapolate its phase instead of the
+    object's outline).
 So pixel nearest neighbours are close to chance, and telling the classes apart needs the outline.
 
 Images are 32×32 RGB, drawn at 4× and box-filtered down (anti-aliased edges). Splits: `train`
