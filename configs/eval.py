@@ -59,7 +59,8 @@ def mae_finetune(a):
 
 def dino_davis(a):
   return dict(type="davis", data="davis/480p", split="validation", data_dir=a.data_dir or None,
-              encoder=a.encoder, feature="patch_tokens")
+              encoder=a.encoder, feature="patch_tokens", short_side=480, multiple=64, n_last_frames=7,
+              topk=5, window=12, temperature=0.1, positions="interpolate")
 
 
 def fewshot(a):

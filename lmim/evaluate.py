@@ -71,7 +71,9 @@ def evaluate(config, workdir: str, *, step: int | None = None, results_name: str
   out_dir = os.path.join(workdir, "eval")
   writer = MetricWriter(out_dir)
   results = {"workdir": os.path.abspath(workdir), "checkpoint_step": restored.step,
-             "method": restored.config.method, "config": config.to_dict(), "metrics": {}, "seconds": {}}
+             "method": restored.config.method, "config": config.to_dict(),
+             "protocol": {name: evaluators.protocol(name, ev) for name, ev in config.evals.items()},
+             "metrics": {}, "seconds": {}}
   try:
     evals = {name: evaluators.from_config(name, ev, method=restored.method, mesh=mesh, workdir=out_dir,
                                           writer=writer) for name, ev in config.evals.items()}

@@ -40,6 +40,18 @@ def test_j_and_f_edge_cases():
   assert dm.db_eval_iou(gt, pred) < 1.0 and dm.db_eval_iou(gt, pred, void) == 1.0
 
 
+def test_frame_scores_count_void_as_background_as_the_official_semi_supervised_scorer():
+  gt = square((40, 50), 10, 10, 12).astype(np.uint8)
+  gt[30:40, 30:50] = 255                               # a void band
+  pred = gt.copy()
+  pred[30:40, 30:50] = 1                               # object 1 predicted over the void band
+  j, f = dm.frame_scores(pred, gt, num_objects=1)
+  assert j[0] == pytest.approx(144 / (144 + 200))    # the 200 void pixels are false positives
+  assert f[0] < 1.0
+  j, f = dm.frame_scores(np.where(gt == 255, 0, gt), gt, num_objects=1)
+  assert j[0] == 1.0 and f[0] == 1.0
+
+
 def test_j_of_a_shifted_square_is_its_iou():
   gt = square((60, 80), 10, 10, 20)
   pred = square((60, 80), 10, 13, 20)           # 3 px to the right: 20·17 shared of 20·23
@@ -367,3 +379,66 @@ def test_dino_davis_preset_fields_are_accepted():
   for key in ("data", "split", "data_dir", "encoder", "feature"):
     assert key in accepted
   assert davis.datasets(dict(data="davis/480p", split="validation")) == [("davis/480p", "validation", None)]
+
+
+def test_torch_bicubic_kernel_is_torchs_not_keys_half():
+  """2× upsampling: output 1 sits at t = 0.25 past input 0; torch's a = -0.75 weights (jax's and
+  PIL's a = -0.5 kernel gives -0.0703, 0.8672, 0.2266, -0.0234 instead); borders replicated."""
+  from lmim.models import posemb  # pylint: disable=import-outside-toplevel
+  w = posemb.torch_bicubic_matrix(6, 12)
+  np.testing.assert_allclose(w[3, 0:4], [-0.10546875, 0.87890625, 0.26171875, -0.03515625], atol=1e-12)
+  np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-12)
+  assert w[0, 0] == pytest.approx(1.10546875)  # taps below 0 fold onto row 0
+  np.testing.assert_allclose(posemb.torch_bicubic_matrix(5, 5), np.eye(5), atol=1e-12)
+
+
+def test_interpolated_positions_stay_in_the_trained_range():
+  """A 14×14 table whose cells hold their own (row, col) coordinates, interpolated as DINO does to
+  a 30×52 grid: coordinates stay within what training saw (extrapolation reaches 51) and follow
+  DINO's sampling; the training grid comes back unchanged."""
+  from lmim.models import posemb  # pylint: disable=import-outside-toplevel
+  g = 14
+  rr, cc = np.meshgrid(np.arange(g, dtype=np.float32), np.arange(g, dtype=np.float32), indexing="ij")
+  table = np.concatenate([np.zeros((1, 2), np.float32), np.stack([rr, cc], -1).reshape(g * g, 2)])
+  out = np.asarray(posemb.interpolate_table(jnp.asarray(table), g, (30, 52)))
+  cells = out[1:].reshape(30, 52, 2)
+  assert out.shape == (1 + 30 * 52, 2) and np.all(out[0] == 0)
+  assert cells[..., 0].min() > -0.25 and cells[..., 0].max() < g - 0.75  # cubic overshoot only
+  assert cells[..., 1].min() > -0.25 and cells[..., 1].max() < g - 0.75
+  # column i samples source coordinate (i + 0.5)·14/52.1 − 0.5 (DINO's +0.1 in the scale factor);
+  # torch's a = -0.75 kernel follows a line only to within a few hundredths
+  i = np.arange(10, 40)
+  np.testing.assert_allclose(cells[5, i, 1], (i + 0.5) * g / 52.1 - 0.5, atol=0.06)
+  assert np.all(np.diff(cells[5, :, 1]) > 0) and np.allclose(cells[:, :, 1], cells[:1, :, 1], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(posemb.interpolate_table(jnp.asarray(table), g, (g, g))), table)
+
+
+def test_davis_encodes_frames_with_interpolated_positions_by_default(tiny):
+  """The default position table is the trained one interpolated: features differ from
+  extrapolated sin-cos positions on a larger grid, equal them on the training grid."""
+  method, state = tiny
+  g, p = method.encoder.grid_size, method.patch_size
+  assert inspect_default(davis.Evaluator, "positions") == "interpolate"
+  big = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, 2 * g * p, 3 * g * p, 3)), jnp.float32)
+  train = big[:, :g * p, :g * p]
+  for frames, same in ((big, False), (train, True)):
+    size = frames.shape[1:3]
+    a = davis.frame_feature_fn(method, "patch_tokens", size, davis.MEAN, davis.STD, "interpolate")(state.params["encoder"], frames)
+    b = davis.frame_feature_fn(method, "patch_tokens", size, davis.MEAN, davis.STD, "extrapolate")(state.params["encoder"], frames)
+    assert np.allclose(a, b, atol=1e-5) == same
+
+
+def inspect_default(cls, name):
+  import inspect  # pylint: disable=import-outside-toplevel
+  return inspect.signature(cls.__init__).parameters[name].default
+
+
+def test_the_dino_davis_preset_pins_dinos_protocol():
+  from lmim import cli  # pylint: disable=import-outside-toplevel
+  cfg, _ = cli.load_config("configs/eval.py:preset=dino_davis")
+  ev = cfg.evals.dino_davis.to_dict()
+  assert {k: ev[k] for k in ("data", "split", "feature", "short_side", "multiple", "n_last_frames", "topk",
+                             "window", "temperature", "positions")} == dict(
+      data="davis/480p", split="validation", feature="patch_tokens", short_side=480, multiple=64,
+      n_last_frames=7, topk=5, window=12, temperature=0.1, positions="interpolate")
+  assert lmim.evaluators.protocol("dino_davis", cfg.evals.dino_davis)["mean"] == (0.485, 0.456, 0.406)

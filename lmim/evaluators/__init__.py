@@ -62,6 +62,16 @@ def from_config(name: str, eval_cfg, *, method, mesh, workdir=None, writer=None)
   return module.Evaluator(ctx, **fields)
 
 
+def protocol(name: str, eval_cfg) -> dict:
+  """Every field an evaluator runs with: its defaults overlaid with the config's (what the result
+  JSON records, so a number says how it was measured even where the config left a default)."""
+  module = module_for(name, eval_cfg)
+  params = inspect.signature(module.Evaluator.__init__).parameters
+  out = {k: p.default for k, p in params.items()
+         if k not in ("self", "ctx") and p.default is not inspect.Parameter.empty and p.kind != p.VAR_KEYWORD}
+  return {"type": eval_cfg.get("type"), **out, **fields_of(eval_cfg)}
+
+
 def encoders_read(eval_cfg) -> set:
   """Which trees of a checkpoint an evaluator reads: 'online' and/or 'ema'."""
   module = module_for("?", eval_cfg)

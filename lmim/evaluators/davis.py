@@ -4,9 +4,12 @@
 For every video of `split` (TFDS 'davis/480p' 'validation': DAVIS-2017 val, 30 sequences):
   frames   RGB /255, resized (bilinear, no antialias, rounded to 8 bits like cv2.resize on
            uint8) so the short side is `short_side` and the long side is floored to a multiple
-           of `multiple`; normalised with `mean`/`std`; encoded at gap 0 (position embeddings
-           follow the rectangular grid); `feature` patch tokens (default: after the final LN),
-           L2-normalised.
+           of `multiple`; normalised with `mean`/`std`; encoded at gap 0 on the rectangular
+           grid (~30×52 patches at 480p) with the position table trained on the g×g grid
+           interpolated to it as DINO does (`positions='interpolate'`, the default;
+           'extrapolate' recomputes sin-cos positions at coordinates up to 52, never seen in
+           training); `feature` patch tokens (default: after the final LN), L2-normalised;
+           affinities at float32 (HIGHEST) matmul precision, also on TPU.
   frame 0  GT resized nearest (PIL) to the feature grid, one-hot (background = class 0).
   frame t  context = frame 0 (GT one-hot) + the `n_last_frames` previous frames (their soft
            label maps); A = exp(cos / temperature); a source patch is admissible only within
@@ -45,6 +48,7 @@ from lmim import sharding
 from lmim.data import sources
 from lmim.errors import ConfigError
 from lmim.evaluators import common, davis_metrics, features as feats_lib
+from lmim.models.vit import POSITIONS
 
 log = logging.getLogger("lmim")
 
@@ -106,13 +110,13 @@ def resize_nearest(index_map, height: int, width: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def frame_feature_fn(method, feature: str, size: tuple, mean: tuple, std: tuple):
+def frame_feature_fn(method, feature: str, size: tuple, mean: tuple, std: tuple, positions: str = "interpolate"):
   """fn(params, frames (B, H, W, 3) uint8 as float) -> L2-normalised patch features (B, h·w, D)."""
   def fn(params, frames):
     x = jax.image.resize(frames.astype(jnp.float32), (frames.shape[0], *size, 3), "bilinear", antialias=False)
     x = jnp.clip(jnp.round(x), 0, 255) / 255.0
     x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-    f = feats_lib.select(method.encode(params, x), feature).astype(jnp.float32)
+    f = feats_lib.select(method.encode(params, x, positions=positions), feature).astype(jnp.float32)
     return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
   return fn
 
@@ -146,14 +150,15 @@ def propagate(target, ctx_feats, ctx_labels, ctx_valid, *, grid, window: int, to
     if window > 0:
       admissible = admissible & (jnp.abs(rows[:, None] - src_rows[None, :]) <= window) \
                                & (jnp.abs(cols[:, None] - src_cols[None, :]) <= window)
-    aff = jnp.where(admissible, jnp.exp(feats @ sources.T / temperature), 0.0)
+    cos = jnp.matmul(feats, sources.T, precision=jax.lax.Precision.HIGHEST)  # TPU's default is bf16 passes
+    aff = jnp.where(admissible, jnp.exp(cos / temperature), 0.0)
     # The k-th largest over all sources, in two exact stages (each context frame's top-k, then
     # the top-k of those): several times faster than one top-k over n_ctx·h·w on CPU.
     part = jax.lax.top_k(aff.reshape(chunk * w, n_ctx, hw), min(k, hw))[0].reshape(chunk * w, -1)
     kth = jax.lax.top_k(part, k)[0][:, -1:]
     aff = jnp.where(aff >= kth, aff, 0.0)
     aff = aff / jnp.sum(aff, axis=1, keepdims=True)
-    return aff @ labels
+    return jnp.matmul(aff, labels, precision=jax.lax.Precision.HIGHEST)
 
   starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
   out = jax.lax.map(one, (tgt, starts))
@@ -243,7 +248,7 @@ class Evaluator:
                encoder: str = "online", feature: str = "patch_tokens", short_side: int = 480,
                multiple: int = 64, n_last_frames: int = 7, topk: int = 5, window: int = 12,
                temperature: float = 0.1, chunk: int | None = 8, batch_size: int = 16, mean=MEAN, std=STD,
-               max_videos: int | None = None):
+               max_videos: int | None = None, positions: str = "interpolate"):
     prefix = f"evals.{ctx.name}"
     method = ctx.method
     p = method.patch_size
@@ -268,6 +273,9 @@ class Evaluator:
     for name, value in (("mean", mean), ("std", std)):
       if len(tuple(value)) != 3 or (name == "std" and min(value) <= 0):
         raise ConfigError(f"{prefix}.{name}", value, "3 numbers (RGB)" + (", all > 0" if name == "std" else ""))
+    if positions not in POSITIONS:
+      raise ConfigError(f"{prefix}.positions", positions, f"one of {list(POSITIONS)} (DINO: interpolate)")
+    self.positions = positions
     channels = getattr(method, "channels", 3)
     if channels != 3:
       raise ConfigError(f"{prefix}.data", data, f"DAVIS frames are RGB; this encoder takes {channels}-channel images")
@@ -281,7 +289,8 @@ class Evaluator:
     """Feature blocks (n, h·w, D) of a video's frames, `batch_size` frames at a time, sharded
     over the mesh (replicated outputs, left on the device)."""
     mesh = self.ctx.mesh
-    fn = feats_lib.jitted(frame_feature_fn(self.ctx.method, self.feature, size, self.mean, self.std), mesh)
+    fn = feats_lib.jitted(frame_feature_fn(self.ctx.method, self.feature, size, self.mean, self.std,
+                                           self.positions), mesh)
     step = -(-self.batch_size // mesh.size) * mesh.size
     pc, pi = jax.process_count(), jax.process_index()
     for start in range(0, len(frames), step):
@@ -333,7 +342,7 @@ class Evaluator:
       f_all += list(f)
       frames_seen += len(frames)
     scores = davis_metrics.summarize(j_all, f_all)
-    log.info("%s: %d videos, %d objects, %d frames in %.1f s", self.prefix, count, len(j_all), frames_seen,
-             time.perf_counter() - t0)
+    log.info("%s: %d videos, %d objects, %d frames in %.1f s (position table: %sd)", self.prefix, count,
+             len(j_all), frames_seen, time.perf_counter() - t0, self.positions)
     for key in ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay", "JF_mean"):
       yield key, 100.0 * scores[key]

@@ -1,8 +1,9 @@
 """DAVIS-2017 scores as the official `davis2017-evaluation` computes them (docs/methods.md §4d),
 in numpy/scipy (no OpenCV, no scikit-image):
 
-  J   region similarity: IoU of the binary result and GT masks of one object in one frame,
-      void pixels (GT value 255) excluded; 1 when the union is empty.
+  J   region similarity: IoU of the binary result and GT masks of one object in one frame; 1
+      when the union is empty. Void pixels (GT value 255) are background: the official
+      semi-supervised scorer passes no void mask (the functions take one, as the official ones do).
   F   boundary accuracy: 1-pixel boundary maps (`seg2bmap`), each dilated with a disk of radius
       bound_pix = ceil(0.008·‖(H, W)‖₂) (≈ 8 px at 480p);
           P = |fg_b ∩ dil(gt_b)| / |fg_b|,  R = |gt_b ∩ dil(fg_b)| / |gt_b|,  F = 2PR / (P + R)
@@ -101,16 +102,18 @@ def f_measure(foreground, gt, void=None, bound_th: float = BOUND_TH) -> float:
 def frame_scores(result, gt, num_objects: int, bound_th: float = BOUND_TH):
   """Index masks (H, W) of one frame -> (J (num_objects,), F (num_objects,)) for objects 1..n.
 
-  GT pixels of value 255 are void (excluded), as in the official loader."""
+  As the official semi-supervised evaluation: it passes no void mask (`_evaluate_semisupervised(
+  ..., None, metric)`), so GT pixels of value 255 count as background of every object, and a
+  prediction there costs precision like anywhere else (the unsupervised task is the one that
+  excludes them)."""
   gt = np.asarray(gt)
-  void = gt == 255
   result = np.asarray(result)
   j = np.zeros(num_objects)
   f = np.zeros(num_objects)
   for k in range(num_objects):
     g, r = gt == k + 1, result == k + 1
-    j[k] = db_eval_iou(g, r, void)
-    f[k] = f_measure(r, g, void, bound_th)
+    j[k] = db_eval_iou(g, r)
+    f[k] = f_measure(r, g, None, bound_th)
   return j, f
 
 

@@ -159,8 +159,8 @@ class CMAE(GridMethod):
                        (dropout_keys_for(nets, k1, train), dropout_keys_for(nets, k2, train)))
     return out["loss"], {k: v for k, v in out.items()}
 
-  def encode(self, encoder_params, images):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
+  def encode(self, encoder_params, images, positions: str = "extrapolate"):
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
   # ContrastiveCrop boxes: host state ---------------------------------------------------------------
   def host_state_init(self, num_examples: int) -> dict:

@@ -48,17 +48,19 @@ def ema_update(target, online, momentum):
   return jax.tree.map(lambda t, o: t * momentum + o * (1.0 - momentum), target, online)
 
 
-def encode_full_images(encoder, params, images, patch_size: int):
+def encode_full_images(encoder, params, images, patch_size: int, positions: str = "extrapolate"):
   """Full images at gap 0, every patch in grid order -> the encoder's named representations.
 
   This is the evaluation geometry of every method (the official NN evaluation uses it). Any
   image size divisible by the patch size works (position embeddings follow the grid, e.g.
-  DAVIS's 480×832 frames give a 30×52 grid); `out['grid']` is (gh, gw).
+  DAVIS's 480×832 frames give a 30×52 grid); `out['grid']` is (gh, gw). `positions`
+  ('extrapolate' | 'interpolate') says how another grid's position table is made
+  (lmim.models.vit.position_embeddings).
   """
   h, w = images.shape[1] // patch_size, images.shape[2] // patch_size
   patches = views.patchify(images, patch_size, 0)
   ids = jnp.broadcast_to(jnp.arange(patches.shape[1], dtype=jnp.int32), patches.shape[:2])
-  out = encoder.apply({"params": params}, patches, ids, grid=(h, w))
+  out = encoder.apply({"params": params}, patches, ids, grid=(h, w), positions=positions)
   return dict(out, grid=(h, w))
 
 

@@ -108,8 +108,8 @@ class Data2Vec(GridMethod):
     return out["loss"], {"loss": out["loss"], "masked": mask.sum(axis=1).mean().astype(jnp.float32),
                          "sim_trg": losses.pairwise_sim(out["target"])}
 
-  def encode(self, encoder_params, images):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
+  def encode(self, encoder_params, images, positions: str = "extrapolate"):
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
 
 def build(config, channels: int) -> Data2Vec:

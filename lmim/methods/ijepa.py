@@ -199,8 +199,8 @@ class IJEPA(GridMethod):
                          "target": tgt_valid[:, 0].sum(1).mean().astype(jnp.float32),
                          "sim_trg": losses.pairwise_sim(out["target"])}
 
-  def encode(self, encoder_params, images):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
+  def encode(self, encoder_params, images, positions: str = "extrapolate"):
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
 
 def build(config, channels: int) -> IJEPA:

@@ -231,9 +231,9 @@ class LatentMIM:
     return out["loss_total"], metrics
 
   # Probing ----------------------------------------------------------------------------------
-  def encode(self, encoder_params, images):
+  def encode(self, encoder_params, images, positions: str = "extrapolate"):
     """Full images at gap 0 (the evaluation geometry) -> the encoder's named representations."""
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
 
 def normalized_std(z):

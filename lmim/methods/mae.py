@@ -84,8 +84,8 @@ class MAE(GridMethod):
     out = self.forward(params, batch["image"], shuffle, dropout_keys_for((self.encoder, self.decoder), keys, train))
     return out["loss"], {"loss": out["loss"]}
 
-  def encode(self, encoder_params, images):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
+  def encode(self, encoder_params, images, positions: str = "extrapolate"):
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
 
 def build(config, channels: int) -> MAE:

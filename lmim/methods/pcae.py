@@ -141,8 +141,8 @@ class PCAE(GridMethod):
     return out["loss"], {"loss": out["loss"], "sim_pred": losses.pairwise_sim(out["pred"]),
                          "sim_trg": losses.pairwise_sim(out["target"])}
 
-  def encode(self, encoder_params, images):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size)
+  def encode(self, encoder_params, images, positions: str = "extrapolate"):
+    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
 
 def build(config, channels: int) -> PCAE:

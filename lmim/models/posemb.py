@@ -80,3 +80,38 @@ def sincos_table(width: int, grid_size: int, style: str = "lmim", grid_w: int | 
   if style == "mae":
     return _mae_table(int(width), gh, gw)
   return _table(int(width), gh, gw)
+
+
+def torch_bicubic_matrix(n_in: int, n_out: int, scale_factor: float | None = None) -> np.ndarray:
+  """(n_out, n_in) weights of torch's 1-D bicubic resize (`F.interpolate(mode='bicubic',
+  align_corners=False)`: Keys' kernel with a = -0.75, borders replicated). With `scale_factor`
+  the source coordinate is (i + ½)/scale_factor − ½, as torch computes it when a scale factor
+  rather than a size is passed (DINO passes one); otherwise the scale is n_out/n_in."""
+  a = -0.75
+  inner = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1          # |x| ≤ 1
+  outer = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a    # 1 < |x| < 2
+  step = 1.0 / scale_factor if scale_factor else n_in / n_out
+  w = np.zeros((n_out, n_in), np.float64)
+  for i in range(n_out):
+    src = (i + 0.5) * step - 0.5
+    x0 = int(np.floor(src))
+    t = src - x0
+    for k, coeff in enumerate((outer(t + 1), inner(t), inner(1 - t), outer(2 - t))):
+      w[i, min(max(x0 - 1 + k, 0), n_in - 1)] += coeff
+  return w
+
+
+def interpolate_table(table, grid_size: int, grid: tuple[int, int]):
+  """A trained (1 + g·g, D) table (row 0 = CLS) on another (gh, gw) grid, as DINO's
+  `interpolate_pos_encoding` does: the g×g cells resized bicubically (torch's kernel) with scale
+  factors (gh + 0.1)/g and (gw + 0.1)/g, so the new grid spans the coordinates the encoder was
+  trained on; the training grid itself is returned unchanged."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  gh, gw = grid
+  if (gh, gw) == (grid_size, grid_size):
+    return table
+  rows = jnp.asarray(torch_bicubic_matrix(grid_size, gh, (gh + 0.1) / grid_size), jnp.float32)
+  cols = jnp.asarray(torch_bicubic_matrix(grid_size, gw, (gw + 0.1) / grid_size), jnp.float32)
+  cells = table[1:].reshape(grid_size, grid_size, -1)
+  cells = jnp.einsum("ai,bj,ijd->abd", rows, cols, cells, precision="highest")
+  return jnp.concatenate([table[:1], cells.reshape(gh * gw, -1)], axis=0)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from lmim.models import layers
-from lmim.models.posemb import sincos_table
+from lmim.models.posemb import interpolate_table, sincos_table
 
 # width, depth, heads (official CFG; ViT-H uses 14-px patches).
 VARIANTS = {
@@ -40,19 +40,31 @@ def parse_variant(variant: str) -> tuple[int, int, int, int | None]:
   return width, depth, heads, (int(m.group(2)) if m.group(2) else None)
 
 
+POSITIONS = ("extrapolate", "interpolate")
+
+
 def position_embeddings(module: nn.Module, width: int, grid_size: int, frozen: bool, style: str = "lmim",
-                        grid: tuple[int, int] | None = None):
+                        grid: tuple[int, int] | None = None, positions: str = "extrapolate"):
   """The (1+gh·gw, width) table for a (gh, gw) grid (default: the training grid g×g).
 
-  Frozen sin-cos tables are recomputed for another grid with the same per-axis rule; a learned
-  table (freeze_pe=False) is a parameter on the training grid, resized bicubically to another
-  grid (the usual practice for probing or fine-tuning at a new resolution).
+  positions='extrapolate': frozen sin-cos tables are recomputed for another grid with the same
+  per-axis rule (a larger grid reaches coordinates never seen in training); a learned table
+  (freeze_pe=False) is a parameter on the training grid, resized bicubically to another grid (the
+  usual practice for fine-tuning at a new resolution). positions='interpolate': either table,
+  as trained on the g×g grid, resized the way DINO's `interpolate_pos_encoding` does
+  (posemb.interpolate_table), so every position stays within the trained coordinate range.
   """
   gh, gw = grid or (grid_size, grid_size)
+  if positions not in POSITIONS:
+    raise ValueError(f"positions={positions!r}: one of {POSITIONS}")
+  if frozen and positions == "interpolate":
+    return interpolate_table(jnp.asarray(sincos_table(width, grid_size, style)), grid_size, (gh, gw))
   if frozen:
     return jnp.asarray(sincos_table(width, gh, style, gw))
   # The name contains "embed", so the official rule exempts it from weight decay.
   table = module.param("pos_embed", lambda *_: jnp.asarray(sincos_table(width, grid_size, style)))
+  if positions == "interpolate":
+    return interpolate_table(table, grid_size, (gh, gw))
   if (gh, gw) == (grid_size, grid_size):
     return table
   cells = jax.image.resize(table[1:].reshape(grid_size, grid_size, width), (gh, gw, width), "bicubic")
@@ -233,13 +245,15 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, patches, patch_ids, *, token_mask=None, key_mask=None, add_positions=True,
-               reduce=(), reduce_key=None, grid=None, deterministic=True, dropout_keys=None):
+               reduce=(), reduce_key=None, grid=None, positions="extrapolate", deterministic=True,
+               dropout_keys=None):
     """patches (B, L, p·p·C), patch_ids (B, L) int (None: the whole grid in raster order) -> dict of
     representations:
     pre_norm / encoded / projected (B, P+L', D) with P = 1 if CLS; patches (B, L', D) = encoded
     patch tokens; cls (B, D) if CLS; blocks = every block's output; ids (B, L') the patch ids of
     the tokens that survive `reduce` (L' = L without reduction). `grid` = (gh, gw) when the
-    patches come from another grid than the training one (patch ids are then row·gw + col).
+    patches come from another grid than the training one (patch ids are then row·gw + col);
+    `positions` says how its position table is made (position_embeddings).
     `deterministic=False` turns on drop path and dropout, drawn from `dropout_keys` (B,): one key
     per example (lmim.models.layers: the same draws on any device count)."""
     if not deterministic and self.has_dropout and dropout_keys is None:
@@ -255,7 +269,7 @@ class Encoder(nn.Module):
       if token_mask is not None:  # BEiT-style: masked patches become the mask token, PE added after
         x = jnp.where(token_mask[..., None], mask_token.astype(x.dtype), x)
     if add_positions and self.abs_pos:
-      table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb, grid)
+      table = position_embeddings(self, self.width, self.grid_size, self.freeze_pe, self.posemb, grid, positions)
       x = x + gather_positions(table, patch_ids, with_cls=False)
     attn_bias = None
     if self.rel_pos_bias:  # the whole grid: one (1, H, ., .) bias, not one per example
