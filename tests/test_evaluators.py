@@ -177,7 +177,26 @@ def test_finetune_runs_sharded_and_learns(trained):
            "recipe": dict(base, epochs=2, blr=2e-3)}      # MAE's full augmentation, drop path 0.1
   m = evaluate.evaluate(eval_config(evals), str(trained / "trained"))["metrics"]
   assert m["plain/top1"] > 40.0 and m["plain/top5"] >= m["plain/top1"]    # chance: 10%
+  assert m["plain/top1_best"] >= m["plain/top1"] and 1 <= m["plain/best_epoch"] <= 6
   assert 0.0 <= m["recipe/top1"] <= 100.0 and np.isfinite(m["recipe/train_loss_last_epoch"])
+
+
+def test_finetune_reports_the_final_and_the_best_epoch_as_mae_logs_them(trained, monkeypatch):
+  """Evaluated after every `eval_every_epochs` epochs and at the end; top1 is the last model's,
+  top1_best the maximum (first epoch reaching it), as MAE's "Max accuracy"."""
+  script = [(50.0, 80.0), (70.0, 95.0), (70.0, 96.0), (60.0, 92.0)]
+  calls = []
+  monkeypatch.setattr(finetune.Evaluator, "_evaluate", lambda self, *a: script[len(calls) - 1] if calls.append(1)
+                      is None else None)
+  base = dict(type="finetune", data="mnist5k", split="test[:100]", train_split="train[:128]", warmup_epochs=1,
+              batch_size=64, eval_batch_size=100, num_threads=2, epochs=4, blr=1e-3, rand_augment="",
+              mixup=0.0, cutmix=0.0)
+  m = evaluate.evaluate(eval_config({"ft": base}), str(trained / "trained"))["metrics"]
+  assert len(calls) == 4                                     # 2 steps per epoch, 4 epochs
+  assert (m["ft/top1"], m["ft/top5"], m["ft/top1_best"], m["ft/best_epoch"]) == (60.0, 92.0, 70.0, 2.0)
+  calls.clear()
+  m = evaluate.evaluate(eval_config({"ft": dict(base, eval_every_epochs=3)}), str(trained / "trained"))["metrics"]
+  assert len(calls) == 2 and m["ft/best_epoch"] == 4.0      # after epochs 3 and 4 (the end): 50 then 70
 
 
 def test_official_fixture_checkpoint_evaluates_on_mock_tfds_data(tmp_path):
@@ -205,12 +224,15 @@ def test_preflight_lists_prepared_and_missing_datasets(tmp_path):
 
 
 def test_presets_build(tmp_path):
-  for preset in ("official_nn", "dino_knn", "mae_linear", "mae_finetune", "dino_davis", "fewshot", "collapse",
-                 "pictures", "all", "demo"):
+  for preset in ("official_nn", "dino_knn", "mae_linear", "mae_finetune", "mae_finetune_vitl", "dino_davis",
+                 "fewshot", "collapse", "pictures", "all", "demo"):
     cfg = eval_presets.get_config(f"preset={preset}")
     assert len(cfg.evals) >= 1
   c = eval_presets.get_config("preset=mae_linear").evals.mae_linear
   assert (c.feature, c.blrs, c.batch_size, c.epochs, c.warmup_epochs, c.min_crop) == ("cls", (0.1,), 16384, 90, 10, 0.08)
+  c = eval_presets.get_config("preset=mae_finetune_vitl").evals.mae_finetune_vitl
+  assert (c.epochs, c.blr, c.layer_decay, c.drop_path, c.weight_decay, c.batch_size) == (50, 1e-3, 0.75, 0.2, 0.05, 1024)
+  assert "mae_finetune_vitl" not in eval_presets.get_config("preset=all").evals
   with pytest.raises(ConfigError, match="preset"):
     eval_presets.get_config("preset=nope")
 

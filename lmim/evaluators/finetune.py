@@ -9,10 +9,13 @@
     data      RandomResizedCrop(0.08, 1) + flip + RandAugment(m9, mstd 0.5, inc1) + random erasing
               0.25 on the host; Mixup 0.8 / CutMix 1.0 (switch 0.5, one λ per batch) with label
               smoothing 0.1 on device; soft-target cross entropy
-    eval      Resize(size/0.875) + CenterCrop, top-1 / top-5
+    eval      Resize(size/0.875) + CenterCrop, top-1 / top-5 after every `eval_every_epochs` epochs
+              and at the end, as MAE's main_finetune.py does: `top1`/`top5` of the final model and
+              `top1_best` with its `best_epoch` (MAE's logged "Max accuracy")
 The state is laid out with lmim.sharding (FSDP above the size threshold) and the step is jitted
 once with the state donated.
 """
+import logging
 import math
 import re
 
@@ -111,9 +114,9 @@ class Evaluator:
                layer_decay: float = 0.65, drop_path: float = 0.1, mixup: float = 0.8, cutmix: float = 1.0,
                mixup_switch_prob: float = 0.5, label_smoothing: float = 0.1,
                rand_augment: str = "rand-m9-mstd0.5-inc1", random_erasing: float = 0.25, min_crop: float = 0.08,
-               eval_batch_size: int = 256, seed: int = 0, num_threads: int = 8):
+               eval_batch_size: int = 256, seed: int = 0, num_threads: int = 8, eval_every_epochs: int = 1):
     p = f"evals.{ctx.name}"
-    self.ctx = ctx
+    self.ctx, self.prefix = ctx, p
     self.spec = common.FeatureSpec(ctx, encoder=encoder, feature="pooled", image_size=image_size,
                                    batch_size=eval_batch_size)
     if not 0 < layer_decay <= 1:
@@ -122,6 +125,8 @@ class Evaluator:
       raise ConfigError(f"{p}.drop_path", drop_path, "must be in [0, 1)")
     if epochs <= 0 or not 0 <= warmup_epochs < epochs:
       raise ConfigError(f"{p}.warmup_epochs", warmup_epochs, f"in [0, epochs={epochs})")
+    if isinstance(eval_every_epochs, bool) or not isinstance(eval_every_epochs, int) or eval_every_epochs < 1:
+      raise ConfigError(f"{p}.eval_every_epochs", eval_every_epochs, "an int >= 1 (MAE: 1)")
     if batch_size < 1 or batch_size % ctx.mesh.size:
       raise ConfigError(f"{p}.batch_size", batch_size, f"a positive multiple of the device count {ctx.mesh.size}")
     try:
@@ -133,7 +138,7 @@ class Evaluator:
     self.cfg = dict(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=int(batch_size), blr=blr, min_lr=min_lr,
                     weight_decay=weight_decay, layer_decay=layer_decay, drop_path=drop_path, mixup=mixup,
                     cutmix=cutmix, switch=mixup_switch_prob, smoothing=label_smoothing, erasing=random_erasing,
-                    min_crop=min_crop, seed=seed, num_threads=num_threads)
+                    min_crop=min_crop, seed=seed, num_threads=num_threads, eval_every=eval_every_epochs)
 
   # Model -----------------------------------------------------------------------------------------
   def _networks(self):
@@ -196,15 +201,22 @@ class Evaluator:
         process_count=jax.process_count(), num_threads=c["num_threads"], prefetch=2,
         finetune=dict(rand_augment=self.ra, erasing=c["erasing"]))
     base = jax.random.key(c["seed"])
-    losses = []
+    losses, history = [], []
     for i in range(total):
       local = next(stream)
       g = sharding.global_batch({"image": local["image"][0], "label": local["label"][0]}, mesh)
       params, opt_state, loss = step(params, opt_state, g["image"], g["label"], jax.random.fold_in(base, i))
       losses.append(loss)
-    top1, top5 = self._evaluate(encoder, head, params)
-    yield "top1", top1
-    yield "top5", top5
+      epoch = -(-(i + 1) // per_epoch)  # 1-based epoch the step belongs to
+      if i + 1 == total or ((i + 1) % per_epoch == 0 and epoch % c["eval_every"] == 0):
+        top1, top5 = self._evaluate(encoder, head, params)
+        history.append((epoch, top1, top5))
+        logging.getLogger("lmim").info("%s: epoch %d top-1 %.2f top-5 %.2f", self.prefix, epoch, top1, top5)
+    best_epoch, best1, _ = max(history, key=lambda h: (h[1], -h[0]))  # the first epoch reaching the max
+    yield "top1", history[-1][1]
+    yield "top5", history[-1][2]
+    yield "top1_best", best1
+    yield "best_epoch", float(best_epoch)
     yield "train_loss_last_epoch", float(np.mean(jax.device_get(losses[-per_epoch:])))
 
   def _evaluate(self, encoder, head, params):
