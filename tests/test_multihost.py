@@ -162,3 +162,30 @@ def test_preflight_refuses_hosts_running_different_code(tmp_path):
     assert p.returncode == 2, err[-2000:]
     line = next(l for l in err.splitlines() if l.startswith("lmim: error:"))
     assert "hosts run different lmim code or package versions: processes [1] differ from process 0" in line
+
+
+def test_two_processes_evaluate_like_one(tmp_path, one):
+  """Each process reads its own contiguous share of a split, so a global batch interleaves the
+  shares; features come back in example order, so few-shot draws and picture selections (which
+  index rows by example) give what one process gives, as do NN and kNN."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from lmim import cli, evaluate  # pylint: disable=import-outside-toplevel
+  one_dir, _ = one
+  wd = tmp_path / "wd"
+  shutil.copytree(one_dir / "checkpoints", wd / "checkpoints")
+  spec = str(ROOT / "tests" / "multihost_eval_config.py")
+  cfg, _ = cli.load_config(spec)
+  ref = evaluate.evaluate(cfg, str(wd), results_name="one")["metrics"]
+  pictures = {p.name: np.asarray(Image.open(p)) for p in (wd / "eval" / "pictures").glob("*.png")}
+  assert len(pictures) == 3
+  shutil.rmtree(wd / "eval" / "pictures")
+  cmd = ["bash", str(ROOT / "launch" / "local.sh"), "--processes", "2", "--devices", "4", "--logs",
+         str(tmp_path / "logs"), "--", sys.executable, "-m", "lmim.evaluate", "--workdir", str(wd), "--config", spec]
+  run = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+  two = json.load(open(wd / "eval" / f"multihost_eval_config_custom_step{STEPS}.json", encoding="utf-8"))
+  assert set(two["metrics"]) == set(ref)
+  for k, v in ref.items():
+    assert two["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+  for name, picture in pictures.items():
+    np.testing.assert_array_equal(np.asarray(Image.open(wd / "eval" / "pictures" / name)), picture, err_msg=name)

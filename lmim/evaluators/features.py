@@ -97,19 +97,32 @@ def extract(method, encoder_params, batches, mesh, feature: str = "pooled_pre_no
 
 def extract_fn(fn, params, batches, mesh):
   """Any `fn(params, images) -> (B, ...)` over an eval stream, sharded over the mesh -> host
-  arrays (outputs, labels) without the padded rows. `fn` should be a stable function object
-  (a method or module-level function) so its compilation is reused."""
+  arrays (outputs, labels) without the padded rows, **in example-index order**. `fn` should be a
+  stable function object (a method or module-level function) so its compilation is reused.
+
+  With P processes a global batch is the concatenation of the processes' rows, and process p
+  reads its own contiguous share of the split (lmim.data.eval_batches), so batch order
+  interleaves the shares; each row's example index travels with it and the rows are put back in
+  index order, so every caller sees the split's order on any number of processes."""
   jitted_fn = jitted(fn, mesh)
   per_process = max(1, mesh.size // jax.process_count())
-  outs, labels = [], []
+  outs, labels, indices = [], [], []
   for batch in batches:
-    batch = pad_rows({k: batch[k] for k in ("image", "label", "mask")}, per_process)
+    local = {k: batch[k] for k in ("image", "label", "mask")}
+    local["index"] = np.asarray(batch["index"], np.int32) if "index" in batch else \
+        np.full(len(batch["mask"]), -1, np.int32)
+    batch = pad_rows(local, per_process)
     g = sharding.global_batch(batch, mesh)
     out = jitted_fn(params, g["image"])
     keep = np.asarray(jax.device_get(replicate(g["mask"], mesh)))
     outs.append(np.asarray(jax.device_get(out))[keep])
     labels.append(np.asarray(jax.device_get(replicate(g["label"], mesh)))[keep])
-  return np.concatenate(outs), np.concatenate(labels)
+    indices.append(np.asarray(jax.device_get(replicate(g["index"], mesh)))[keep])
+  outs, labels, indices = np.concatenate(outs), np.concatenate(labels), np.concatenate(indices)
+  if np.all(indices >= 0):
+    order = np.argsort(indices, kind="stable")
+    outs, labels = outs[order], labels[order]
+  return outs, labels
 
 
 def pad_rows(batch: dict, multiple: int) -> dict:
