@@ -86,6 +86,8 @@ def evaluate(config, workdir: str, *, step: int | None = None, results_name: str
         results["metrics"][f"{name}/{metric}"] = float(value)
         log.info("%s/%s = %.4g", name, metric, value)
       results["seconds"][name] = time.perf_counter() - t0
+      if getattr(ev, "notes", None):
+        results.setdefault("notes", {})[name] = ev.notes
     writer.write_scalars(restored.step, {f"eval/{k}": v for k, v in results["metrics"].items()})
   finally:
     writer.close()

@@ -1,6 +1,7 @@
 """The `fewshot` evaluator (CoOp K-shot splits + CLIP-style logistic-regression probe): the sampler,
 the C search on synthetic features whose answer is known, and the evaluator end to end on the
 embedded data (1 vs 8 devices) and on mock TFDS data; bad input is a one-line error."""
+import os
 import types
 
 import jax
@@ -124,16 +125,17 @@ def test_results_are_mean_and_population_std_over_seeds(tiny, monkeypatch):
 def test_fewshot_on_mock_tfds_data():
   method, state = build(3)
   with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
-    ev = fewshot.Evaluator(context(method), datasets=("dtd", dict(name="pets", data="oxford_iiit_pet")),
+    dtd = dict(name="dtd", pool=None, val="validation")  # 24 mock images cannot be carved 50/20/30 per class
+    ev = fewshot.Evaluator(context(method), datasets=(dtd, dict(name="pets", data="oxford_iiit_pet")),
                            shots=(1,), seeds=(1, 2), batch_size=8, c_grid=(1.0, 1e-2), search_steps=1)
     m = dict(ev.run(state))
   assert set(m) == {f"{d}/k1_{s}" for d in ("dtd", "pets") for s in ("mean", "std", "log10C")} | {"mean_k1"}
   assert all(np.isfinite(v) for v in m.values())
   assert m["mean_k1"] == pytest.approx((m["dtd/k1_mean"] + m["pets/k1_mean"]) / 2)
-  # dtd has a validation split (read), the pets' val is carved from train.
-  assert [(d, s) for d, s, _ in fewshot.datasets(dict(datasets=("dtd", "oxford_iiit_pet")))] == [
-      ("dtd", "train"), ("dtd", "validation"), ("dtd", "test"), ("oxford_iiit_pet", "train"),
-      ("oxford_iiit_pet", "test")]
+  # dtd's preset carves CoOp's 50/20/30 from every split; the pets' val is carved from train.
+  assert [(d, s) for d, s, _ in fewshot.datasets(dict(datasets=("dtd", "oxford_iiit_pet", dict(dtd, name="d2", data="dtd"))))] == [
+      ("dtd", "train+validation+test"), ("oxford_iiit_pet", "train"), ("oxford_iiit_pet", "test"),
+      ("dtd", "train"), ("dtd", "validation"), ("dtd", "test")]
 
 
 # Bad input ------------------------------------------------------------------------------------------
@@ -173,4 +175,107 @@ def test_unknown_field_is_rejected_and_the_preset_resolves():
   with pytest.raises(ConfigError, match="evals.fs.shot"):
     lmim.evaluators.from_config("fs", ml_collections.ConfigDict(dict(type="fewshot", shot=3)), method=None, mesh=None)
   rows = fewshot.datasets(dict(data_dir="/data"))
-  assert [r[0] for r in rows].count("sun397") == 3 and ("folder:/data/ucf101_midframes", "test", "/data") in rows
+  assert [r[:2] for r in rows if r[0].startswith("sun397")] == [("sun397/standard-part1-120k", "train"),
+                                                                  ("sun397/standard-part1-120k", "test")]
+  assert ("folder:/data/ucf101_midframes", "test", "/data") in rows
+
+
+# CoOp's splits -----------------------------------------------------------------------------------
+
+def test_coop_split_is_50_20_30_per_class_and_leaves_out_ignored_classes():
+  rng = np.random.default_rng(0)
+  sizes = [10, 31, 40, 7]
+  labels = np.repeat(np.arange(4), sizes)[rng.permutation(sum(sizes))]
+  tr, va, te = fewshot.coop_split(labels, keep={0, 1, 2})
+  assert not (set(tr) & set(va)) and not (set(tr) & set(te)) and not (set(va) & set(te))
+  for c, n in enumerate(sizes[:3]):
+    assert (np.sum(labels[tr] == c), np.sum(labels[va] == c), np.sum(labels[te] == c)) == \
+        (round(0.5 * n), round(0.2 * n), n - round(0.5 * n) - round(0.2 * n))   # 10 -> 5/2/3, 31 -> 16/6/9
+  assert 3 not in labels[np.concatenate([tr, va, te])]
+  again = fewshot.coop_split(labels, keep={0, 1, 2})
+  assert all(np.array_equal(a, b) for a, b in zip(again, (tr, va, te)))
+  with pytest.raises(ValueError, match="class 0 has 2 images"):
+    fewshot.coop_split(np.array([0, 0, 1, 1, 1, 1, 1]))
+
+
+# Smallest class of each dataset's images as CoOp splits them (TFDS catalog / dataset papers): the
+# pools the presets carve must leave every class at least K = 16 train images.
+SMALLEST_CLASS = {
+    "caltech101": ("pool", 31),          # 101 categories, 31..800 images each (the dropped two aside)
+    "dtd": ("pool", 120),                # 47 x 120
+    "oxford_flowers102": ("pool", 40),   # 40..258 per class; TFDS train alone: 10 per class
+    "oxford_iiit_pet": ("train", 93),    # trainval: ~100 per breed (93 the fewest)
+    "cars196": ("train", 24),            # 8,144 train images over 196 classes, 24 the fewest
+    "sun397": ("train", 50),             # Training_01: 50 per class
+    "ucf101": ("train", 70),             # trainlist01: ~70..120 clips per action
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST_CLASS))
+def test_every_preset_leaves_16_train_images_in_its_smallest_class(name):
+  spec = fewshot.resolve_datasets((name,), "/data")[0]
+  where, n = SMALLEST_CLASS[name]
+  assert (spec.pool is not None) == (where == "pool"), spec
+  if where == "pool":
+    tr, _, _ = fewshot.coop_split(np.zeros(n, np.int64))
+  else:
+    tr, _ = fewshot.carve_val(np.zeros(n, np.int64), 0.2)
+  assert len(tr) >= 16
+  assert fewshot.resolve_datasets(("caltech101",))[0].ignore == ("background_google", "faces_easy")
+
+
+def test_split_file_paths_match_tfds_records_by_file_name_and_class_folder():
+  names = ["image_0001.jpg", "image_0002.jpg", "image_0001.jpg", "banded_0002.jpg"]
+  classes = np.array([0, 0, 1, 2])
+  class_names = ("accordion", "airplanes", "banded")
+  rows = fewshot.match_files(["airplanes/image_0001.jpg", "accordion/image_0001.jpg", "accordion/image_0002.jpg",
+                              "banded/banded_0002.jpg"], names, classes, class_names)
+  assert rows.tolist() == [2, 0, 1, 3]
+  with pytest.raises(ValueError, match="no record"):
+    fewshot.match_files(["x/image_0099.jpg"], names, classes, class_names)
+
+
+def test_split_file_on_an_image_folder_uses_its_images_and_labels(tmp_path):
+  """A CoOp split file over an image folder: the file's train/val/test images and labels, the
+  split recorded in `notes`; colour-coded classes are separable even for an untrained encoder."""
+  import json  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  method, state = build(3)
+  rng = np.random.default_rng(0)
+  colours = [(230, 30, 30), (30, 230, 30), (30, 30, 230)]
+  table = {"train": [], "val": [], "test": []}
+  for c, colour in enumerate(colours):
+    os.makedirs(tmp_path / "images" / f"class{c}")
+    for j in range(10):
+      path = f"class{c}/img_{j}.png"
+      img = np.clip(np.array(colour) + rng.normal(0, 20, (32, 40, 3)), 0, 255).astype(np.uint8)
+      Image.fromarray(img).save(tmp_path / "images" / path)
+      split = "train" if j < 5 else "val" if j < 7 else "test"
+      table[split].append([path, c, f"class {c}"])
+  (tmp_path / "split_zhou_Toy.json").write_text(json.dumps(table))
+  extracted = []
+  extract = common.FeatureSpec.extract
+  spec = dict(name="toy", data=f"folder:{tmp_path / 'images'}", split_file=str(tmp_path / "split_zhou_Toy.json"))
+  ev = fewshot.Evaluator(context(method), datasets=(spec,), shots=(1, 2), seeds=(1, 2), batch_size=8,
+                         c_grid=(1.0, 1e2), search_steps=1)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(common.FeatureSpec, "extract",
+               lambda self, st, source, info, **kw: extracted.append(len(source)) or extract(self, st, source, info, **kw))
+    m = dict(ev.run(state))
+  assert extracted[-1] == 9                                  # the file's 3 x 3 test images
+  assert m["toy/k2_mean"] > 80.0                             # chance 33
+  assert "split file" in ev.notes["toy"]
+  bad = dict(spec, split_file=str(tmp_path / "nope.json"))
+  with pytest.raises(ConfigError, match="split_file"):
+    fewshot.Evaluator(context(method), datasets=(bad,))
+
+
+def test_the_test_view_is_coops_shorter_side_then_centre_crop():
+  import inspect  # pylint: disable=import-outside-toplevel
+  from lmim.data import transforms  # pylint: disable=import-outside-toplevel
+  assert inspect.signature(fewshot.Evaluator.__init__).parameters["resize"].default == "shorter_side"
+  img = np.zeros((40, 60, 3), np.uint8)
+  img[:, 10:50] = 255                                         # a bright band 40 px wide in a 60-px row
+  out = transforms.EVAL_RESIZES["shorter_side"](img, 20)     # 40x60 -> 20x30 -> central 20x20
+  assert out.shape == (20, 20, 3) and out.min() > 200        # the crop lies inside the band
+  assert transforms.EVAL_RESIZES["center_crop"](img, 20).shape == (20, 20, 3)

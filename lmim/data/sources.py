@@ -74,6 +74,7 @@ class DataInfo:
   channels: int              # 1 for grayscale, 3 for RGB
   mean: tuple[float, ...]    # per channel, [0, 1] units; len == channels
   std: tuple[float, ...]
+  class_names: tuple[str, ...] = ()  # of the label ids before any `classes` subset ('' unknown)
 
 
 class Source(Protocol):
@@ -113,6 +114,25 @@ class TfdsSource:
     except Exception as e:  # pylint: disable=broad-except  # (mocked or unusual sources)
       log.info("labels read by decoding every example (%s)", first_line(e))
     return np.asarray([self[i]["label"] for i in range(len(self))], np.int64)
+
+
+  def file_names(self, chunk: int = 4096) -> list[str]:
+    """Every record's file name (the dataset's `file_name` or `image/file_name` feature; '' where
+    it has none), read without decoding the images where the records allow it."""
+    src = self._src
+    try:
+      from tensorflow_datasets.core.data_sources import array_record  # pylint: disable=import-outside-toplevel
+      if isinstance(src, array_record.ArrayRecordDataSource):
+        src = dataclasses.replace(src, decoders={"image": tfds.decode.SkipDecoding()})
+    except ImportError:
+      pass
+    def name(ex):
+      v = ex.get("file_name", ex.get("image/file_name", ""))
+      return v.decode() if isinstance(v, bytes) else str(v)
+    if hasattr(src, "__getitems__"):
+      return [name(ex) for start in range(0, len(src), chunk)
+              for ex in src.__getitems__(range(start, min(start + chunk, len(src))))]
+    return [name(src[i]) for i in range(len(src))]
 
 
 class FolderSource:
@@ -469,5 +489,5 @@ def open_source(data: str, split: str, data_dir: str | None = None, *, mean=None
   mean = _check_stat(f"{config_prefix}.mean", mean, channels, data, positive=False)
   std = _check_stat(f"{config_prefix}.std", std, channels, data, positive=True)
   info = DataInfo(name=data, num_examples=len(src), num_classes=num_classes, channels=channels,
-                  mean=mean, std=std)
+                  mean=mean, std=std, class_names=tuple(str(n) for n in class_names))
   return src, info

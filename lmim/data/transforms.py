@@ -112,7 +112,12 @@ def resize_full(img: np.ndarray, size: int) -> np.ndarray:
   return _to_numpy(_to_pil(img).resize((size, size), Image.BICUBIC), img.shape[-1])
 
 
-EVAL_RESIZES = {"center_crop": eval_resize_center_crop, "full": resize_full}
+def resize_shorter_center_crop(img: np.ndarray, size: int) -> np.ndarray:
+  """CoOp's (Dassl's) test view: shorter side to `size` (bicubic), then the central size×size."""
+  return center_crop(resize_shorter(img, size), size)
+
+
+EVAL_RESIZES = {"center_crop": eval_resize_center_crop, "full": resize_full, "shorter_side": resize_shorter_center_crop}
 
 
 def normalize(img: np.ndarray, mean, std) -> np.ndarray:

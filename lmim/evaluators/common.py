@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from lmim import data as lmim_data
+from lmim.data.transforms import EVAL_RESIZES
 from lmim.errors import ConfigError
 from lmim.evaluators import features as feats_lib
 
@@ -48,8 +49,8 @@ class FeatureSpec:
     prefix = f"evals.{ctx.name}"
     if encoder not in ENCODERS:
       raise ConfigError(f"{prefix}.encoder", encoder, "'online' or 'ema'")
-    if resize not in ("center_crop", "full"):
-      raise ConfigError(f"{prefix}.resize", resize, "'center_crop' or 'full'")
+    if resize not in EVAL_RESIZES:
+      raise ConfigError(f"{prefix}.resize", resize, f"one of {sorted(EVAL_RESIZES)}")
     if batch_size < 1:
       raise ConfigError(f"{prefix}.batch_size", batch_size, "must be >= 1")
     self.ctx, self.encoder, self.resize, self.batch_size = ctx, encoder, resize, int(batch_size)
