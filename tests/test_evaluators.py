@@ -55,6 +55,56 @@ def test_knn_chunking_does_not_change_neighbours():
   np.testing.assert_array_equal(np.asarray(i_one), np.argsort(-sims, axis=1)[:, :5])
 
 
+def test_knn_vote_is_temperature_weighted_not_a_majority():
+  """Query along e0; 2 bank rows of class 0 almost parallel to it, 3 of class 1 further away: a
+  plain majority of the top 5 says 1, DINO's exp(cos/0.07) weights say 0 (and T → ∞ says 1)."""
+  angles = np.array([0.05, 0.06, 0.5, 0.55, 0.6])
+  bank = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+  labels = np.array([0, 0, 1, 1, 1])
+  q = np.array([[1.0, 0.0]], np.float32)
+  assert knn.knn_predict(q, bank, labels, 2, (5,), 0.07)[5][0] == 0
+  assert knn.knn_predict(q, bank, labels, 2, (5,), 1e6)[5][0] == 1
+
+
+def sharded_bank(x, y, mesh, batch=24):
+  """A ShardedBank of host features through the real builder (identity 'encoder')."""
+  def batches():
+    for start in range(0, len(x), batch):
+      n = min(batch, len(x) - start)
+      pad = batch - n
+      yield {"image": np.concatenate([x[start:start + n], np.zeros((pad, x.shape[1]), x.dtype)]),
+             "label": np.concatenate([y[start:start + n], -np.ones(pad, y.dtype)]).astype(np.int32),
+             "mask": np.arange(batch) < n}
+  return knn.ShardedBank.build(lambda p, f: f, None, batches(), -(-len(x) // batch), mesh)
+
+
+def test_sharded_bank_search_equals_the_one_device_search():
+  """Bank rows spread over 8 devices (each holds 1/8), every device's top-k merged: the same
+  neighbours and votes as the whole bank scanned on one device; padding rows never win."""
+  from lmim import sharding  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x, y = clusters(n_per=41, classes=5, dim=16, spread=0.8)   # 205 rows: the last batch is padded
+  q, qy = clusters(n_per=7, classes=5, dim=16, seed=0, spread=0.8)
+  q = q + 0.3 * rng.standard_normal(q.shape).astype(np.float32)
+  mesh = sharding.make_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1)), jax.devices())
+  bank = sharded_bank(x, y, mesh)
+  assert len(bank) == 205 and bank.feats.shape == (9, 24, 16)
+  assert bank.bytes_per_device() == 9 * 24 * 16 * 4 // 8
+  ref = knn.knn_predict(q, x, y, 5, (1, 10, 20), 0.07)
+  got = knn.knn_predict_sharded(q, bank, 5, (1, 10, 20), 0.07, mesh, query_chunk=16)
+  for k in (1, 10, 20):
+    np.testing.assert_array_equal(got[k], ref[k])
+  fn = knn._sharded_topk_fn(mesh, 20)  # pylint: disable=protected-access
+  valid = jax.device_put(bank.valid.reshape(bank.feats.shape[:2]), bank.feats.sharding)
+  s, i = fn(jnp.asarray(q), bank.feats, valid)
+  rows = np.flatnonzero(bank.valid)
+  flat = np.asarray(jax.device_get(bank.feats)).reshape(-1, 16)
+  assert set(np.asarray(i).ravel()) <= set(rows)
+  np.testing.assert_array_equal(bank.labels[np.asarray(i)], y[knn.topk_neighbours(
+      jnp.asarray(q), jnp.asarray(x), jnp.ones(len(x), bool), 20, len(x))[1]])
+  np.testing.assert_allclose(flat[rows], x, atol=0)   # the bank holds exactly the features
+
+
 def test_linear_probe_head_learns_separable_features_with_lars():
   x, y = clusters(n_per=64, classes=4, dim=8)
   state = linear_probe.init_heads(jax.random.key(0), 2, 8, 4)
