@@ -9,8 +9,9 @@ Presets (published ViT-B/16 Latent MIM numbers, 800 epochs, beside the protocol 
                 before the final LN, online encoder, 224 px                          (paper NN 50.1)
   dino_knn      DINO's weighted k-NN: train bank → val, k ∈ {10, 20, 100, 200}, T 0.07, CLS after
                 the final LN (DINO probes its teacher; set encoder=ema for EMA-trained methods)
-  mae_linear    MAE's linear probe: CLS after the final LN → BN(affine=False) → linear, LARS, blr 0.1,
-                batch 16384, 90 epochs (10 warmup), RandomResizedCrop(0.08, 1) + flip  (paper LP 72.0)
+  mae_linear    MAE's linear probe: CLS after the final LN → BN(affine=False, per 512 rows as per GPU)
+                → linear, LARS, blr 0.1, batch 16384, 90 epochs (10 warmup), MAE's TF-style
+                RandomResizedCrop(0.08, 1) + flip                                    (paper LP 72.0)
   mae_finetune  MAE's fine-tuning: 100 epochs, blr 5e-4 @ 1024, layer decay 0.65, drop path 0.1,
                 mixup 0.8 / cutmix 1.0, label smoothing 0.1, RandAugment m9, erasing 0.25, global
                 pool + fc_norm                                                        (paper Ft 83.0)
@@ -49,7 +50,7 @@ def dino_knn(a):
 def mae_linear(a):
   return dict(type="linear_probe", data=a.data, split="validation", train_split="train",
               data_dir=a.data_dir or None, encoder=a.encoder, feature="cls", epochs=90, warmup_epochs=10,
-              batch_size=16384, blrs=(0.1,), augment=True, min_crop=0.08)
+              batch_size=16384, blrs=(0.1,), augment=True, min_crop=0.08, crop_style="tf", bn_batch=512)
 
 
 def mae_finetune(a):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import lmim.data
 from configs import eval as eval_presets
 from conftest import ROOT
 from fixtures_lib import fixture_dirs, load
@@ -119,6 +120,48 @@ def test_linear_probe_head_learns_separable_features_with_lars():
   assert np.all(np.asarray(state["var"]) > 0)   # running BatchNorm statistics were updated
 
 
+def test_linear_probe_batchnorm_and_lars_change_where_the_head_lands():
+  """Features on wildly different scales (one informative dimension at 1e-3, noise at 1e3): with
+  BatchNorm + LARS the head finds the informative dimension; a plain SGD head on raw features at
+  the same lr does not. BN over groups (MAE's per-GPU 512) normalises each group by its own
+  statistics and keeps the first group's as running statistics."""
+  rng = np.random.default_rng(0)
+  n = 512
+  y = rng.integers(0, 2, n)
+  x = np.concatenate([1e-3 * (2 * y[:, None] - 1) + 1e-4 * rng.standard_normal((n, 1)),
+                      1e3 * rng.standard_normal((n, 7))], 1).astype(np.float32)
+  lrs = jnp.asarray([64.0], jnp.float32)  # LARS moves the weight by ≈ lr·0.001 of its norm per step
+  state = linear_probe.init_heads(jax.random.key(0), 1, 8, 2)
+  for step in range(150):
+    idx = np.random.default_rng(step).permutation(n)[:128]
+    state = linear_probe.train_step(state, jnp.asarray(x[idx]), jnp.asarray(y[idx]), lrs,
+                                    eps=1e-6, momentum=0.9, trust=0.001, wd=0.0)
+  assert (np.asarray(linear_probe.predict(state, jnp.asarray(x), eps=1e-6))[0] == y).mean() > 0.95
+  w = np.zeros((8, 2), np.float32)        # plain SGD, no BatchNorm, same lr: noise dimensions dominate
+  for step in range(150):
+    idx = np.random.default_rng(step).permutation(n)[:128]
+    p = jax.nn.softmax(x[idx] @ w)
+    w -= 64.0 * x[idx].T @ (np.asarray(p) - np.eye(2)[y[idx]]) / 128
+    w = np.clip(w, -1e6, 1e6)
+  assert ((x @ w).argmax(1) == y).mean() < 0.8
+  xb = jnp.asarray(np.concatenate([np.zeros((4, 3)), np.full((4, 3), 10.0)]).astype(np.float32)
+                   + np.tile(np.arange(4, dtype=np.float32)[:, None], (2, 3)))
+  whole, mu, var, g = linear_probe.batch_norm_groups(xb, 1e-6, None)
+  grouped, mu4, var4, g4 = linear_probe.batch_norm_groups(xb, 1e-6, 4)
+  assert g == 8 and g4 == 4 and float(mu4[0]) == 1.5 and float(mu[0]) == 6.5
+  np.testing.assert_allclose(np.asarray(grouped[:4]), np.asarray(grouped[4:]), atol=1e-5)  # each group alike
+  assert not np.allclose(np.asarray(whole[:4]), np.asarray(whole[4:]))
+
+
+def test_tf_style_crop_is_maes_single_clipped_proposal():
+  from lmim.data import transforms  # pylint: disable=import-outside-toplevel
+  sizes = [transforms.tf_random_resized_crop_params(10, 400, np.random.default_rng(s)) for s in range(200)]
+  assert all(0 <= t and t + h <= 10 and 0 <= l and l + w <= 400 for t, l, h, w in sizes)
+  assert any(h == 10 for _, _, h, _ in sizes)            # clipped to the image, not retried
+  tv = [transforms.random_resized_crop_params(10, 400, np.random.default_rng(s), (0.08, 1.0)) for s in range(200)]
+  assert sizes != tv
+
+
 def test_a_best_learning_rate_at_the_edge_of_the_grid_is_flagged():
   assert linear_probe.edge_of_grid((0.1, 1.0, 10.0), 2) == "largest"
   assert linear_probe.edge_of_grid((10.0, 1.0, 0.1), 2) == "smallest"  # grids need not be sorted
@@ -196,6 +239,27 @@ def test_pretraining_beats_initialisation_on_every_probe(trained):
   init = evaluate.evaluate(eval_config(demo_evals()), str(trained / "init"))["metrics"]
   assert done["linear/top1"] > init["linear/top1"] + 5, (done, init)
   assert done["nn/top1"] > init["nn/top1"] and done["knn/top1_k20"] > init["knn/top1_k20"]
+
+
+def test_linear_probe_chooses_its_rate_on_held_out_train_images_and_encodes_in_micro_batches(trained, monkeypatch):
+  """Several blrs: the choice comes from a held-out part of train (never the evaluation split),
+  every head is reported on both; augment=True reads the stream `encode_batch_size` images at a
+  time and still trains on whole batches."""
+  seen = []
+  real = lmim.data.train_batches
+  monkeypatch.setattr(lmim.data, "train_batches", lambda *a, **k: seen.append(k["global_batch"]) or real(*a, **k))
+  m = dict(data="mnist5k", encoder="online", feature="cls")
+  evals = {"lp": dict(type="linear_probe", split="test[:200]", train_split="train[:400]", epochs=2, warmup_epochs=1,
+                      batch_size=128, blrs=(1e-4, 10.0), holdout=0.25, augment=True, encode_batch_size=32,
+                      crop_style="tf", bn_batch=64, **m)}
+  got = evaluate.evaluate(eval_config(evals), str(trained / "trained"))["metrics"]
+  assert seen == [32]
+  held = [got["lp/holdout_top1_blr0.0001"], got["lp/holdout_top1_blr10"]]
+  best = int(np.argmax(held))
+  assert got["lp/best_blr"] == (1e-4, 10.0)[best]
+  assert got["lp/top1"] == (got["lp/top1_blr0.0001"], got["lp/top1_blr10"])[best]
+  with pytest.raises(ConfigError, match="holdout"):
+    evaluate.evaluate(eval_config({"lp": dict(evals["lp"], holdout=0.0)}), str(trained / "trained"))
 
 
 def test_collapse_reads_the_ema_weights_the_checkpoint_holds(trained, caplog):

@@ -63,6 +63,7 @@ class _TrainView:
   alpha: float = 1.0
   finetune: object = None   # dict(rand_augment=..., erasing=...): MAE fine-tuning's view instead
   jitter: float = 0.0       # ColorJitter strength before the crop (data2vec 0.4); 0 = none
+  crop_style: str = "torchvision"  # or "tf": MAE's TF-style RandomResizedCrop (its linear probe)
 
   def __call__(self, item, rng: np.random.Generator) -> dict:
     index, (source_index, example) = item
@@ -77,16 +78,16 @@ class _TrainView:
       else:
         out[key] = transforms.train_transform(
             example["image"], rng, size=self.size, mean=self.mean, std=self.std, min_crop=self.min_crop,
-            flip=self.flip, box=box, alpha=self.alpha, jitter=self.jitter)
+            flip=self.flip, box=box, alpha=self.alpha, jitter=self.jitter, crop_style=self.crop_style)
     return out
 
 
 def example_stream(source, info, *, image_size: int, seed: int, min_crop: float = 0.2, num_views: int = 1,
                    flip: bool = True, boxes=None, alpha: float = 1.0, finetune=None,
-                   color_jitter: float = 0.0) -> grain.MapDataset:
+                   color_jitter: float = 0.0, crop_style: str = "torchvision") -> grain.MapDataset:
   """The infinite training stream as a random-access dataset: stream[e] is global example e."""
   view = _TrainView(image_size, tuple(info.mean), tuple(info.std), min_crop, num_views, flip, boxes, alpha,
-                    finetune, color_jitter)
+                    finetune, color_jitter, crop_style)
   return (grain.MapDataset.source(source)
           .map_with_index(_with_index)           # keep the dataset index (ContrastiveCrop boxes)
           .shuffle(seed=derived_seed(seed, 0))   # stream[e] reads perm_{e // N}[e % N] ...
@@ -166,7 +167,7 @@ def train_batches(source, info, *, image_size: int, global_batch: int, accum_ste
                   start_step: int, seed: int, min_crop: float = 0.2, process_index: int = 0,
                   process_count: int = 1, num_threads: int = 8, prefetch: int = 4, num_views: int = 1,
                   flip: bool = True, boxes=None, alpha: float = 1.0, finetune=None,
-                  color_jitter: float = 0.0) -> Iterator[dict]:
+                  color_jitter: float = 0.0, crop_style: str = "torchvision") -> Iterator[dict]:
   """Infinite iterator of this process's share of each optimiser step, from `start_step` on.
 
   Yields {'image': float32 (accum_steps, m/P, S, S, C) normalised, 'index': int64 (accum_steps, m/P)
@@ -185,7 +186,7 @@ def train_batches(source, info, *, image_size: int, global_batch: int, accum_ste
     raise ValueError(f"boxes must be ({len(source)}, 4), one per example; got {np.shape(boxes)}")
   stream = example_stream(source, info, image_size=image_size, seed=int(seed), min_crop=min_crop,
                           num_views=num_views, flip=flip, boxes=boxes, alpha=alpha, finetune=finetune,
-                          color_jitter=color_jitter)
+                          color_jitter=color_jitter, crop_style=crop_style)
   rows = grain.MapDataset.range(start_step * layout.per_step, sys.maxsize).map(_Gather(stream, layout))
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch * layout.per_step)
   return iter(rows.to_iter_dataset(read).batch(layout.per_step).map(_SplitMicro(accum_steps)))

@@ -66,10 +66,28 @@ def _centre_fallback(height: int, width: int, ratio) -> tuple[int, int, int, int
   return (height - h) // 2, (width - w) // 2, h, w
 
 
+def tf_random_resized_crop_params(height: int, width: int, rng: np.random.Generator,
+                                  scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """MAE's `util/crop.py` RandomResizedCrop.get_params ("following the TF implementation", used by
+  its linear probe) -> (top, left, h, w): one proposal, its sides clipped to the image, no retry
+  and no centre fallback."""
+  target_area = height * width * rng.uniform(scale[0], scale[1])
+  aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+  w = min(int(round(math.sqrt(target_area * aspect))), width)
+  h = min(int(round(math.sqrt(target_area / aspect))), height)
+  top = int(rng.integers(0, height - h + 1))
+  left = int(rng.integers(0, width - w + 1))
+  return top, left, h, w
+
+
+CROP_STYLES = {"torchvision": random_resized_crop_params, "tf": tf_random_resized_crop_params}
+
+
 def random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator,
-                        scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
-  """uint8 (H, W, C) -> uint8 (size, size, C): crop at `random_resized_crop_params`, then bicubic."""
-  top, left, h, w = random_resized_crop_params(img.shape[0], img.shape[1], rng, scale, ratio)
+                        scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), style: str = "torchvision") -> np.ndarray:
+  """uint8 (H, W, C) -> uint8 (size, size, C): crop at torchvision's `random_resized_crop_params`
+  (style='tf': MAE's TF-style `tf_random_resized_crop_params`), then bicubic."""
+  top, left, h, w = CROP_STYLES[style](img.shape[0], img.shape[1], rng, scale, ratio)
   pil = _to_pil(img).crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
   return _to_numpy(pil, img.shape[-1])
 
@@ -161,12 +179,12 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float) -> 
 
 def train_transform(img: np.ndarray, rng: np.random.Generator, *, size: int, mean, std,
                     min_crop: float = 0.2, flip: bool = True, box=None, alpha: float = 1.0,
-                    jitter: float = 0.0) -> np.ndarray:
+                    jitter: float = 0.0, crop_style: str = "torchvision") -> np.ndarray:
   """(ColorJitter(jitter) on the whole image, when > 0) -> RandomResizedCrop(scale=(min_crop, 1))
   (or ContrastiveCrop in `box`) -> flip(0.5) -> normalise; float32 (size, size, C)."""
   img = color_jitter(img, rng, jitter)
   if box is None:
-    img = random_resized_crop(img, size, rng, scale=(min_crop, 1.0))
+    img = random_resized_crop(img, size, rng, scale=(min_crop, 1.0), style=crop_style)
   else:
     top, left, h, w = contrastive_crop_params(img.shape[0], img.shape[1], box, rng, alpha, (min_crop, 1.0))
     img = _to_numpy(_to_pil(img).crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC),

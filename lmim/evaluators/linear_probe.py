@@ -4,13 +4,21 @@ frozen features, LARS, cosine schedule with linear warmup.
     head      BN(D, affine=False, eps 1e-6) → Linear(D, C), weight ~ trunc-normal(0.01), bias 0
     optimiser LARS (momentum 0.9, trust coefficient 0.001, weight decay 0; trust scaling and decay
               only on the weight), lr = blr · batch / 256 (blr 0.1), 90 epochs, 10 warmup from 0
-    data      `augment=True`: MAE's train view (RandomResizedCrop(0.08, 1) + flip) encoded on the fly
-              every step; `augment=False`: features of the eval view extracted once and cached
-              (much cheaper, slightly different numbers — the choice is recorded with the result)
+    batchnorm `bn_batch`: the batch the statistics are taken over. MAE's BatchNorm is per GPU (no
+              SyncBN): 512 of the global 16,384, and DDP broadcasts rank 0's running statistics;
+              bn_batch=512 does exactly that (statistics per group of 512 rows, running statistics
+              from the first group). None: the whole batch.
+    data      `augment=True`: MAE's train view (RandomResizedCrop(min_crop, 1) + flip; `crop_style`
+              'tf' is MAE's util/crop.py, what its linear probe uses) encoded on the fly every step,
+              `encode_batch_size` images at a time (a 16,384 batch never sits on the host: only its
+              features are gathered); `augment=False`: features of the eval view extracted once and
+              cached (much cheaper, slightly different numbers — the choice is recorded with the result)
 Several learning rates are swept in the same pass: one head per rate on the same features (the
-BatchNorm statistics depend only on the features and are shared); every head's accuracy is
-reported, and the best. A best rate at either end of the grid is logged as a warning: the optimum
-may lie outside it.
+BatchNorm statistics depend only on the features and are shared). With more than one rate, a
+`holdout` fraction of the train split (random, fixed by `seed`) is left out of training and the
+rate is chosen on it, never on the evaluation split: `top1` is the chosen head's accuracy on the
+evaluation split, `best_blr` its rate, `holdout_top1_blr<r>` and `top1_blr<r>` every head's. A
+chosen rate at either end of the grid is logged as a warning: the optimum may lie outside it.
 """
 import functools
 import logging
@@ -24,6 +32,7 @@ from lmim import data as lmim_data
 from lmim import sharding
 from lmim.errors import ConfigError
 from lmim.evaluators import common, features as feats_lib
+from lmim.evaluators.collapse import IndexedSubset
 
 log = logging.getLogger("lmim")
 
@@ -47,12 +56,20 @@ def _bn(x, mean, var, eps):
   return (x - mean) / jnp.sqrt(var + eps)
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "momentum", "trust", "wd"), donate_argnums=(0,))
-def train_step(state, x, y, lrs, *, eps, momentum, trust, wd):
+def batch_norm_groups(x, eps: float, bn_batch: int | None):
+  """Training-mode BatchNorm (no affine) over groups of `bn_batch` rows (None: the whole batch)
+  -> (normalised x, the first group's mean, its biased variance, its size)."""
+  n, d = x.shape
+  g = n if bn_batch is None or bn_batch >= n or n % bn_batch else bn_batch
+  xr = x.reshape(n // g, g, d)
+  mu, var = xr.mean(1, keepdims=True), xr.var(1, keepdims=True)
+  return ((xr - mu) / jnp.sqrt(var + eps)).reshape(n, d), mu[0, 0], var[0, 0], g
+
+
+@functools.partial(jax.jit, static_argnames=("eps", "momentum", "trust", "wd", "bn_batch"), donate_argnums=(0,))
+def train_step(state, x, y, lrs, *, eps, momentum, trust, wd, bn_batch=None):
   """One LARS step of every head on a batch of frozen features x (B, D), labels y (B,)."""
-  mu, var = x.mean(0), x.var(0)
-  xn = _bn(x, mu, var, eps)
-  n = x.shape[0]
+  xn, mu, var, n = batch_norm_groups(x, eps, bn_batch)
 
   def loss(w, b):
     logits = jnp.einsum("bd,hdc->hbc", xn, w) + b[:, None]
@@ -95,8 +112,17 @@ class Evaluator:
                resize: str = "center_crop", epochs: float = 90, warmup_epochs: float = 10,
                batch_size: int = 16384, blrs=(0.1,), momentum: float = 0.9, weight_decay: float = 0.0,
                trust_coefficient: float = 0.001, bn_eps: float = 1e-6, augment: bool = False,
-               min_crop: float = 0.08, extract_batch_size: int = 256, seed: int = 0):
+               min_crop: float = 0.08, extract_batch_size: int = 256, seed: int = 0, bn_batch=None,
+               crop_style: str = "torchvision", encode_batch_size: int = 1024, holdout: float = 0.05):
     p = self.prefix = f"evals.{ctx.name}"
+    if bn_batch is not None and (isinstance(bn_batch, bool) or not isinstance(bn_batch, int) or bn_batch < 2):
+      raise ConfigError(f"{p}.bn_batch", bn_batch, "None (the whole batch) or an int >= 2 (MAE: 512)")
+    if crop_style not in ("torchvision", "tf"):
+      raise ConfigError(f"{p}.crop_style", crop_style, "'torchvision' or 'tf' (MAE's linear probe)")
+    if isinstance(encode_batch_size, bool) or not isinstance(encode_batch_size, int) or encode_batch_size < 1:
+      raise ConfigError(f"{p}.encode_batch_size", encode_batch_size, "an int >= 1")
+    if not 0 <= holdout < 0.5:
+      raise ConfigError(f"{p}.holdout", holdout, "a fraction of train in [0, 0.5) (> 0 to choose among blrs)")
     self.blrs = tuple(float(b) for b in (blrs if isinstance(blrs, (tuple, list)) else (blrs,)))
     if not self.blrs or min(self.blrs) <= 0:
       raise ConfigError(f"{p}.blrs", blrs, "one or more base learning rates > 0")
@@ -115,11 +141,24 @@ class Evaluator:
     self.opt = dict(eps=float(bn_eps), momentum=float(momentum), trust=float(trust_coefficient),
                     wd=float(weight_decay))
     self.augment, self.min_crop, self.seed = augment, min_crop, seed
+    self.bn_batch, self.crop_style, self.encode_batch_size = bn_batch, crop_style, encode_batch_size
+    if len(self.blrs) > 1 and holdout <= 0:
+      raise ConfigError(f"{p}.holdout", holdout, f"> 0: {len(self.blrs)} blrs are chosen among on a held-out "
+                        "part of train, never on the evaluation split")
+    self.holdout_rows = None
+    if len(self.blrs) > 1:
+      n = self.train_info.num_examples
+      rows = np.random.default_rng(self.seed).permutation(n)[:max(1, int(round(holdout * n)))]
+      self.holdout_rows = np.sort(rows)
+      self.train_rows = np.setdiff1d(np.arange(n), self.holdout_rows)
+    else:
+      self.train_rows = np.arange(self.train_info.num_examples)
 
   def _batches(self, state, steps: int, batch: int):
     """(features, labels) per step: cached eval-view features, or train views encoded on the fly."""
+    train = IndexedSubset(self.train_src, tuple(int(i) for i in self.train_rows))
     if not self.augment:
-      x, y = self.spec.extract(state, self.train_src, self.train_info)
+      x, y = self.spec.extract(state, train, self.train_info)
       rng = np.random.default_rng(self.seed)
       per_epoch = max(len(x) // batch, 1)
       for step in range(steps):
@@ -130,18 +169,25 @@ class Evaluator:
       return
     method, mesh = self.ctx.method, self.ctx.mesh
     encode = feats_lib.jitted(feats_lib.feature_fn(method, self.spec.feature), mesh)
+    micro = micro_batch(batch, self.encode_batch_size, mesh.size, jax.process_count())
+    # The stream is read `micro` images at a time: one step's images are never all on the host.
     stream = lmim_data.train_batches(
-        self.train_src, self.train_info, image_size=self.spec.image_size, global_batch=batch,
+        train, self.train_info, image_size=self.spec.image_size, global_batch=micro,
         accum_steps=1, start_step=0, seed=self.seed, min_crop=self.min_crop, flip=True,
-        process_index=jax.process_index(), process_count=jax.process_count(), num_threads=4, prefetch=2)
+        process_index=jax.process_index(), process_count=jax.process_count(), num_threads=4, prefetch=2,
+        crop_style=self.crop_style)
     params = self.spec.params(state)
     for _ in range(steps):
-      local = next(stream)
-      g = sharding.global_batch({"image": local["image"][0], "label": local["label"][0]}, mesh)
-      yield encode(params, g["image"]), feats_lib.replicate(g["label"], mesh)
+      xs, ys = [], []
+      for _ in range(batch // micro):
+        local = next(stream)
+        g = sharding.global_batch({"image": local["image"][0], "label": local["label"][0]}, mesh)
+        xs.append(encode(params, g["image"]))
+        ys.append(feats_lib.replicate(g["label"], mesh))
+      yield jnp.concatenate(xs), jnp.concatenate(ys)
 
   def run(self, state):
-    n = self.train_info.num_examples
+    n = len(self.train_rows)
     batch = min(self.batch_size, n)
     per_epoch = max(n // batch, 1)
     total, warmup = int(math.ceil(self.epochs * per_epoch)), int(round(self.warmup_epochs * per_epoch))
@@ -152,13 +198,17 @@ class Evaluator:
       if head is None:
         head = init_heads(jax.random.key(self.seed), len(self.blrs), x.shape[-1], num_classes)
       head = train_step(head, x.astype(jnp.float32), y.astype(jnp.int32), lrs * lr_at(step, total=total, warmup=warmup),
-                        **self.opt)
-    xv, yv = self.spec.extract(state, self.val_src, self.val_info)
-    preds = np.asarray(predict(head, jnp.asarray(xv, jnp.float32), eps=self.opt["eps"]))
-    accs = [100.0 * float(np.mean(p == yv)) for p in preds]
+                        bn_batch=self.bn_batch, **self.opt)
+    accs = self._accuracies(state, head, self.val_src, self.val_info)
     for blr, acc in zip(self.blrs, accs):
       yield f"top1_blr{blr:g}", acc
-    best = int(np.argmax(accs))
+    best = 0
+    if self.holdout_rows is not None:
+      held = IndexedSubset(self.train_src, tuple(int(i) for i in self.holdout_rows))
+      held_accs = self._accuracies(state, head, held, self.train_info)
+      for blr, acc in zip(self.blrs, held_accs):
+        yield f"holdout_top1_blr{blr:g}", acc
+      best = int(np.argmax(held_accs))  # ties: the first rate listed
     edge = edge_of_grid(self.blrs, best)
     if edge:
       log.warning("%s: the best base learning rate, %g, is the %s of blrs %s; the best may lie "
@@ -166,3 +216,18 @@ class Evaluator:
                   self.blrs[best], edge, tuple(self.blrs), self.prefix)
     yield "top1", accs[best]
     yield "best_blr", self.blrs[best]
+
+  def _accuracies(self, state, head, source, info) -> list:
+    x, y = self.spec.extract(state, source, info)
+    preds = np.asarray(predict(head, jnp.asarray(x, jnp.float32), eps=self.opt["eps"]))
+    return [100.0 * float(np.mean(p == y)) for p in preds]
+
+
+def micro_batch(batch: int, wanted: int, devices: int, processes: int) -> int:
+  """The largest divisor of `batch` that is at most `wanted` (at least the device count) and splits
+  evenly over devices and processes: the images encoded per call in the augmented probe."""
+  step = math.lcm(devices, processes)
+  for m in range(min(batch, max(wanted, step)), 0, -1):
+    if batch % m == 0 and m % step == 0:
+      return m
+  return batch
