@@ -386,6 +386,9 @@ def test_each_epoch_is_a_fresh_permutation():
   # stream[e] = source[perm_{e // N}[e % N]] with a view drawn from (seed, e) alone
   stream = pipeline.example_stream(src, info, image_size=5, seed=0)
   assert src.ids(stream[37]["image"]) == ids[2, 5] and stream[37]["index"] == 37
+  # source_index names the dataset row in every epoch (ContrastiveCrop looks boxes up with it)
+  for e in (5, 21, 37):
+    assert stream[e]["source_index"] == src.ids(stream[e]["image"]) < 16
 
 
 def test_bad_batch_split_is_a_config_error(mnist):

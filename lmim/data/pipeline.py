@@ -49,6 +49,17 @@ def _with_index(index, example):
 
 
 @dataclasses.dataclass(frozen=True)
+class _WithSourceIndex:
+  """(index, example) -> (dataset index, example). Below a shuffle that is repeated, grain asks
+  the source for index epoch·N + i (and wraps it itself), so the index is taken modulo N: without
+  it, ContrastiveCrop boxes were looked up past the end in the second epoch."""
+  size: int
+
+  def __call__(self, index, example):
+    return index % self.size, example
+
+
+@dataclasses.dataclass(frozen=True)
 class _TrainView:
   """(global index e, (dataset index, example)), rng -> {'image': float32 (S, S, C), 'index': e,
   'source_index': dataset index, 'label'} (+ 'image2' when two views are asked for; the views use
@@ -89,7 +100,7 @@ def example_stream(source, info, *, image_size: int, seed: int, min_crop: float 
   view = _TrainView(image_size, tuple(info.mean), tuple(info.std), min_crop, num_views, flip, boxes, alpha,
                     finetune, color_jitter, crop_style)
   return (grain.MapDataset.source(source)
-          .map_with_index(_with_index)           # keep the dataset index (ContrastiveCrop boxes)
+          .map_with_index(_WithSourceIndex(len(source)))  # the dataset index (ContrastiveCrop boxes)
           .shuffle(seed=derived_seed(seed, 0))   # stream[e] reads perm_{e // N}[e % N] ...
           .repeat()                              # ... with a new permutation every epoch
           .map_with_index(_with_index)
