@@ -310,8 +310,6 @@ def test_evaluator_end_to_end_on_one_and_eight_devices(tiny, tmp_path):
       results.append(dict(ev.run(state)))
   one, eight = results
   assert set(one) == {"J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay", "JF_mean"}
-  for key in ("J_mean", "F_mean", "JF_mean", "J_recall", "F_recall"):
-    assert np.isfinite(one[key]) and 0 <= one[key] <= 100, one
   assert one["JF_mean"] == pytest.approx((one["J_mean"] + one["F_mean"]) / 2)
   for key in one:
     assert one[key] == pytest.approx(eight[key], abs=1e-6), (one, eight)

@@ -100,8 +100,6 @@ def test_fewshot_end_to_end_on_embedded_data_matches_across_devices(tiny, monkey
   one = dict(fewshot.Evaluator(context(method), **fields).run(state))
   names = {f"mnist5k/k{k}_{s}" for k in (1, 2) for s in ("mean", "std", "log10C")} | {"mean_k1", "mean_k2"}
   assert set(one) == names
-  assert all(np.isfinite(v) for v in one.values())
-  assert all(0 <= one[f"mnist5k/k{k}_mean"] <= 100 and one[f"mnist5k/k{k}_std"] >= 0 for k in (1, 2))
   assert one["mean_k2"] == one["mnist5k/k2_mean"]
   # Only the drawn images are extracted: ≤ 2·(1+2)·10 train + ≤ 2·(1+2)·10 val (carved, same split) in
   # one pass, then the whole test split.
@@ -130,7 +128,6 @@ def test_fewshot_on_mock_tfds_data():
                            shots=(1,), seeds=(1, 2), batch_size=8, c_grid=(1.0, 1e-2), search_steps=1)
     m = dict(ev.run(state))
   assert set(m) == {f"{d}/k1_{s}" for d in ("dtd", "pets") for s in ("mean", "std", "log10C")} | {"mean_k1"}
-  assert all(np.isfinite(v) for v in m.values())
   assert m["mean_k1"] == pytest.approx((m["dtd/k1_mean"] + m["pets/k1_mean"]) / 2)
   # dtd's preset carves CoOp's 50/20/30 from every split; the pets' val is carved from train.
   assert [(d, s) for d, s, _ in fewshot.datasets(dict(datasets=("dtd", "oxford_iiit_pet", dict(dtd, name="d2", data="dtd"))))] == [

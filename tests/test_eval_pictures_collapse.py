@@ -141,8 +141,6 @@ def test_pictures_are_written_as_pngs_and_tensorboard_images(tiny, tmp_path):
   out = metrics_of(ev, state)
   writer.close()
   assert out["files_written"] == 3 and out["images_logged"] == 3
-  assert 0 < out["pca_explained_variance"] <= 100 and 0 <= out["cluster_entropy"] <= 1
-  assert 0 <= out["retrieval_agreement"] <= 100 and -1 <= out["retrieval_cosine"] <= 1
   # 16-px eval images magnified 4x to 64-px tiles, 2 px apart: 8 columns, 2 rows (inputs, maps);
   # retrieval: 8 rows of query + 5 neighbours.
   sizes = {"pca": (530, 134), "clusters": (530, 134), "retrieval": (398, 530)}

@@ -117,7 +117,9 @@ def test_linear_probe_head_learns_separable_features_with_lars():
   preds = np.asarray(linear_probe.predict(state, jnp.asarray(x), eps=1e-6))
   assert (preds[1] == y).mean() > 0.95          # one head per lr, trained in the same pass
   assert not np.array_equal(np.asarray(state["w"][0]), np.asarray(state["w"][1]))
-  assert np.all(np.asarray(state["var"]) > 0)   # running BatchNorm statistics were updated
+  # running BatchNorm statistics (momentum 0.1, unbiased variance) converged to the features'
+  np.testing.assert_allclose(np.asarray(state["mean"]), x.mean(0), atol=0.15)  # batch-mean noise
+  np.testing.assert_allclose(np.asarray(state["var"]), x.var(0), rtol=0.25)
 
 
 def test_linear_probe_batchnorm_and_lars_change_where_the_head_lands():
@@ -287,12 +289,12 @@ def test_finetune_runs_sharded_and_learns(trained):
   base = dict(type="finetune", data="mnist5k", split="test[:200]", train_split="train[:1024]", warmup_epochs=1,
               batch_size=64, eval_batch_size=100, num_threads=2)
   evals = {"plain": dict(base, epochs=6, blr=1e-2, mixup=0.0, cutmix=0.0, rand_augment="", random_erasing=0.0,
-                         drop_path=0.0, min_crop=0.5),
-           "recipe": dict(base, epochs=2, blr=2e-3)}      # MAE's full augmentation, drop path 0.1
+                         drop_path=0.0, min_crop=0.5)}
   m = evaluate.evaluate(eval_config(evals), str(trained / "trained"))["metrics"]
   assert m["plain/top1"] > 40.0 and m["plain/top5"] >= m["plain/top1"]    # chance: 10%
   assert m["plain/top1_best"] >= m["plain/top1"] and 1 <= m["plain/best_epoch"] <= 6
-  assert 0.0 <= m["recipe/top1"] <= 100.0 and np.isfinite(m["recipe/train_loss_last_epoch"])
+  # (MAE's augmentation — mixup, cutmix, RandAugment, erasing — is tested piece by piece in
+  # test_finetune_pieces: at this size, 3 epochs of the full recipe stay near chance, 14 %.)
 
 
 def test_finetune_reports_the_final_and_the_best_epoch_as_mae_logs_them(trained, monkeypatch):
@@ -322,7 +324,17 @@ def test_official_fixture_checkpoint_evaluates_on_mock_tfds_data(tmp_path):
              "knn": dict(type="knn", data="cifar10", split="test", train_split="train", k=(3,), batch_size=8,
                          feature="cls")}
     m = evaluate.evaluate(eval_config(evals), str(tmp_path / "wd"))["metrics"]
-  assert 0 <= m["nn/top1"] <= 100 and 0 <= m["knn/top1_k3"] <= 100
+    # The same number by hand: the converted EMA encoder on the eval view, LOO 1-NN on its features.
+    from lmim import data as lmim_data, probe  # pylint: disable=import-outside-toplevel
+    from lmim.evaluators import features as feats_lib  # pylint: disable=import-outside-toplevel
+    r = probe.restore(str(tmp_path / "wd"), ema=True)
+    src, info = lmim_data.open_source("cifar10", "test")
+    images = np.stack([lmim_data.transforms.eval_transform(src[i]["image"], size=r.method.eval_image_size,
+                                                           mean=info.mean, std=info.std) for i in range(len(src))])
+    f = np.asarray(feats_lib.select(r.method.encode(r.ema_params, jnp.asarray(images)), "pooled_pre_norm"))
+    y = np.asarray([src[i]["label"] for i in range(len(src))])
+  assert m["nn/top1"] == pytest.approx(nn_loo.loo_1nn_accuracy(f, y), abs=1e-9)
+  assert "knn/top1_k3" in m
 
 
 def test_preflight_lists_prepared_and_missing_datasets(tmp_path):
