@@ -15,6 +15,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import lmim.data
+import lmim.evaluators
+import lmim.sharding
 from configs import eval as eval_presets
 from conftest import ROOT
 from fixtures_lib import fixture_dirs, load
@@ -262,6 +264,25 @@ def test_linear_probe_chooses_its_rate_on_held_out_train_images_and_encodes_in_m
   assert got["lp/top1"] == (got["lp/top1_blr0.0001"], got["lp/top1_blr10"])[best]
   with pytest.raises(ConfigError, match="holdout"):
     evaluate.evaluate(eval_config({"lp": dict(evals["lp"], holdout=0.0)}), str(trained / "trained"))
+
+
+def test_sharded_knn_equals_the_reference_search_on_encoder_and_pixel_features(trained):
+  """The evaluator (sharded bank) against the host reference (extract + knn_predict), including
+  raw pixels, whose bank and queries are both centred on their split's mean."""
+  from lmim import probe  # pylint: disable=import-outside-toplevel
+  r = probe.restore(str(trained / "trained"))
+  state = evaluate.EvalState(r.params, None)
+  mesh = lmim.sharding.make_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1)))
+  for feature in ("pooled_pre_norm", "pixels"):
+    cfg = mlc.ConfigDict(dict(type="knn", data="mnist5k", split="test[:200]", train_split="train[:600]",
+                              k=(1, 5), batch_size=40, feature=feature))
+    ev = lmim.evaluators.from_config("knn", cfg, method=r.method, mesh=mesh)
+    got = dict(ev.run(state))
+    bank, bank_y = ev.spec.extract(state, ev.bank_src, ev.bank_info)
+    q, y = ev.spec.extract(state, ev.query_src, ev.query_info)
+    ref = knn.knn_predict(q, bank, bank_y, 10, (1, 5), 0.07)
+    assert got["top1_k5"] == pytest.approx(100.0 * np.mean(ref[5] == y)), feature
+    assert got["top1_1nn"] == pytest.approx(100.0 * np.mean(ref[1] == y)), feature
 
 
 def test_collapse_reads_the_ema_weights_the_checkpoint_holds(trained, caplog):

@@ -113,6 +113,14 @@ class ShardedBank:
       valid.append(np.asarray(jax.device_get(feats_lib.replicate(g["mask"], mesh))))
     return ShardedBank(buf, np.concatenate(labels).astype(np.int64), np.concatenate(valid))
 
+  def centred(self) -> "ShardedBank":
+    """The bank minus the mean of its valid rows, on the devices (feature='pixels' compares
+    deviations from the split's mean, as lmim.evaluators.features.extract does)."""
+    valid = jax.device_put(self.valid.reshape(self.feats.shape[:2]), self.feats.sharding)
+    mean = jnp.sum(jnp.where(valid[..., None], self.feats, 0.0), axis=(0, 1)) / int(self.valid.sum())
+    return ShardedBank(jax.jit(lambda f, m: f - m, out_shardings=self.feats.sharding)(self.feats, mean),
+                       self.labels, self.valid)
+
   def bytes_per_device(self) -> int:
     return max(s.data.nbytes for s in self.feats.addressable_shards)
 
@@ -218,6 +226,8 @@ class Evaluator:
     bank = ShardedBank.build(feats_lib.feature_fn(ctx.method, spec.feature), spec.params(state), batches,
                              lmim_data.num_eval_batches(len(self.bank_src), spec.batch_size, jax.process_count()),
                              ctx.mesh)
+    if spec.feature == "pixels":
+      bank = bank.centred()
     seconds = max(time.perf_counter() - t0, 1e-9)
     logging.getLogger("lmim").info("%s: bank of %d images in %.1f s (%.1f features/s), %.1f MiB per device", spec.prefix,
                     len(bank), seconds, len(bank) / seconds, bank.bytes_per_device() / 2**20)
