@@ -44,7 +44,7 @@ def topk_neighbours(queries, bank, bank_valid, k: int, bank_chunk: int):
     best_s, best_i = carry
     b, v, start = xs
     b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-    s = jnp.where(v[None, :], q @ b.T, -jnp.inf)
+    s = jnp.where(v[None, :], jnp.matmul(q, b.T, precision=jax.lax.Precision.HIGHEST), -jnp.inf)
     s_top, i_top = jax.lax.top_k(s, min(k, bank_chunk))
     s_all = jnp.concatenate([best_s, s_top], axis=1)
     i_all = jnp.concatenate([best_i, i_top + start], axis=1)
