@@ -115,12 +115,16 @@ def job_dir(workdir: str, job: Job) -> str:
 
 
 def _eval_config(evals, feature: str | None = None):
+  """The final evals as an evaluation config; with `feature` (the pixel baseline) only the evals
+  that have a feature field, set to it (collapse and pictures measure an encoder, not a feature)."""
   c = mlc.ConfigDict()
   c.mesh = dict(data=-1, fsdp=1)
   c.evals = mlc.ConfigDict()
   for name, ev in evals.items():
     ev = dict(ev)
     if feature is not None:
+      if "feature" not in ev:
+        continue
       ev["feature"] = feature
     c.evals[name] = ev
   return c
@@ -225,8 +229,9 @@ def table(study, results: dict) -> str:
     cells = []
     for m in metrics:
       s = c["summary"].get(m)
-      cells.append("–" if s is None else f"{s['mean']:.1f} ± {s['std']:.1f}" if abs(s["mean"]) >= 1.5
-                   else f"{s['mean']:.3f} ± {s['std']:.3f}")
+      digits = 1 if s is not None and abs(s["mean"]) >= 1.5 else 3
+      cells.append("–" if s is None else f"{s['mean']:.{digits}f}" if s["n"] < 2  # one seed: no spread
+                   else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}")
     n = max((s["n"] for s in c["summary"].values()), default=0)
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {n} |")
   if results.get("pixels"):

@@ -39,6 +39,7 @@ def test_a_study_runs_every_cell_and_seed_and_writes_table_and_plots(finished):
   a = json.load(open(os.path.join(wd, "cells", "vis20", "seed1", "config.json"), encoding="utf-8"))["resolved"]
   assert a["views"]["num_vis"] == 20 and a["seed"] == 1 and a["total_steps"] == 4
   assert res["pixels"] is not None and "nn/top1" in res["pixels"]
+  assert not any(k.startswith("collapse/") for k in res["pixels"])  # an encoder metric, not a feature's
   table = open(os.path.join(wd, "table.md"), encoding="utf-8").read()
   assert "| vis10 |" in table and "| vis20 |" in table and "±" in table and "raw pixels" in table
   for png in ("curves.png", "sims.png", "final.png"):
@@ -106,3 +107,13 @@ def test_a_published_study_resumes_elsewhere_without_rerunning(finished, tmp_pat
   assert not list(elsewhere.glob("cells/*/*/log.txt"))
   assert again["cells"]["vis10"]["summary"] == res["cells"]["vis10"]["summary"]
   assert again["cells"]["vis20"]["curves"] == res["cells"]["vis20"]["curves"]
+
+
+def test_the_table_gives_a_spread_only_where_there_are_two_seeds_or_more():
+  cfg, _ = cli.load_config(SPEC)
+  res = {"cells": {"vis10": {"summary": {"nn/top1": {"mean": 40.0, "std": 2.0, "n": 3}}},
+                   "vis20": {"summary": {"nn/top1": {"mean": 41.0, "std": 0.0, "n": 1}}}},
+         "pixels": {"nn/top1": 93.1}}
+  rows = study.table(cfg, res).splitlines()
+  assert "| vis10 | 40.0 ± 2.0 | 3 |" in rows and "| vis20 | 41.0 | 1 |" in rows
+  assert "| raw pixels (same protocol) | 93.1 | – |" in rows

@@ -20,7 +20,8 @@ def get_config(arg=None):
   c.curve_evals = {"nn_curve": dict(type="nn_loo", data="mnist5k", split="test[:100]", batch_size=50,
                                     every_steps=2, feature="pooled_pre_norm")}
   c.final_evals = {"nn": dict(type="nn_loo", data="mnist5k", split="test[:100]", batch_size=50,
-                              feature="pooled_pre_norm")}
+                              feature="pooled_pre_norm"),
+                   "collapse": dict(type="collapse", data="mnist5k", split="test[:100]", max_images=50)}
   c.pixel_baseline = True
   c.table = ("nn/top1",)
   c.curves = ("nn_curve/top1", "sim_trg")
