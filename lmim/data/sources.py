@@ -83,6 +83,15 @@ class Source(Protocol):
   def labels(self) -> np.ndarray: ...  # every label (N,), cheaper than reading every example
 
 
+def _undecoded(src):
+  """An array_record data source with its images left undecoded (cheap reads of the other
+  features); any other source unchanged."""
+  from tensorflow_datasets.core.data_sources import array_record  # pylint: disable=import-outside-toplevel
+  if isinstance(src, array_record.ArrayRecordDataSource):
+    return dataclasses.replace(src, decoders={"image": tfds.decode.SkipDecoding()})
+  return src
+
+
 class TfdsSource:
   """A `tfds.data_source` split as uint8 HWC images and int labels (-1 if it has no labels).
 
@@ -106,9 +115,8 @@ class TfdsSource:
     if not self._has_label:
       return np.full(len(self), -1, np.int64)
     try:  # array_record records parsed with the image left undecoded: labels only
-      from tensorflow_datasets.core.data_sources import array_record  # pylint: disable=import-outside-toplevel
-      if isinstance(self._src, array_record.ArrayRecordDataSource):
-        raw = dataclasses.replace(self._src, decoders={"image": tfds.decode.SkipDecoding()})
+      raw = _undecoded(self._src)
+      if raw is not self._src:
         return np.asarray([int(ex["label"]) for start in range(0, len(raw), chunk)
                            for ex in raw.__getitems__(range(start, min(start + chunk, len(raw))))], np.int64)
     except Exception as e:  # pylint: disable=broad-except  # (mocked or unusual sources)
@@ -119,13 +127,8 @@ class TfdsSource:
   def file_names(self, chunk: int = 4096) -> list[str]:
     """Every record's file name (the dataset's `file_name` or `image/file_name` feature; '' where
     it has none), read without decoding the images where the records allow it."""
-    src = self._src
-    try:
-      from tensorflow_datasets.core.data_sources import array_record  # pylint: disable=import-outside-toplevel
-      if isinstance(src, array_record.ArrayRecordDataSource):
-        src = dataclasses.replace(src, decoders={"image": tfds.decode.SkipDecoding()})
-    except ImportError:
-      pass
+    src = _undecoded(self._src)
+
     def name(ex):
       v = ex.get("file_name", ex.get("image/file_name", ""))
       return v.decode() if isinstance(v, bytes) else str(v)

@@ -29,6 +29,29 @@ from lmim.errors import ConfigError
 from lmim.evaluators import common, features as feats_lib
 
 
+def _scan_topk(q, chunks, valid, row_ids, k: int):
+  """Running cosine top-k of L2-normalised queries q (Q, D) over bank chunks (n, R, D) with validity
+  (n, R) and the id each row reports (n, R) -> (similarities (Q, k), ids (Q, k)), best first."""
+  def step(carry, xs):
+    best_s, best_i = carry
+    b, v, ids = xs
+    b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    s = jnp.where(v[None, :], jnp.matmul(q, b.T, precision=jax.lax.Precision.HIGHEST), -jnp.inf)
+    s_top, j_top = jax.lax.top_k(s, min(k, b.shape[0]))
+    s_all = jnp.concatenate([best_s, s_top], axis=1)
+    i_all = jnp.concatenate([best_i, ids[j_top]], axis=1)
+    s_new, pick = jax.lax.top_k(s_all, k)
+    return (s_new, jnp.take_along_axis(i_all, pick, axis=1)), None
+
+  init = (jnp.full((q.shape[0], k), -jnp.inf), jnp.zeros((q.shape[0], k), jnp.int32))
+  (s, i), _ = jax.lax.scan(step, init, (chunks, valid, row_ids))
+  return s, i
+
+
+def _normalise(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 @functools.partial(jax.jit, static_argnames=("k", "bank_chunk"))
 def topk_neighbours(queries, bank, bank_valid, k: int, bank_chunk: int):
   """Cosine top-k of each query over a bank, scanning the bank in chunks.
@@ -36,25 +59,9 @@ def topk_neighbours(queries, bank, bank_valid, k: int, bank_chunk: int):
   queries (Q, D), bank (N, D) with N a multiple of bank_chunk, bank_valid (N,) bool (padding) ->
   (similarities (Q, k), indices (Q, k)), best first.
   """
-  q = queries / jnp.maximum(jnp.linalg.norm(queries, axis=-1, keepdims=True), 1e-12)
-  chunks = bank.reshape(-1, bank_chunk, bank.shape[-1])
-  valid = bank_valid.reshape(-1, bank_chunk)
-
-  def step(carry, xs):
-    best_s, best_i = carry
-    b, v, start = xs
-    b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-    s = jnp.where(v[None, :], jnp.matmul(q, b.T, precision=jax.lax.Precision.HIGHEST), -jnp.inf)
-    s_top, i_top = jax.lax.top_k(s, min(k, bank_chunk))
-    s_all = jnp.concatenate([best_s, s_top], axis=1)
-    i_all = jnp.concatenate([best_i, i_top + start], axis=1)
-    s_new, pick = jax.lax.top_k(s_all, k)
-    return (s_new, jnp.take_along_axis(i_all, pick, axis=1)), None
-
-  init = (jnp.full((q.shape[0], k), -jnp.inf), jnp.zeros((q.shape[0], k), jnp.int32))
-  starts = jnp.arange(chunks.shape[0], dtype=jnp.int32) * bank_chunk
-  (s, i), _ = jax.lax.scan(step, init, (chunks, valid, starts))
-  return s, i
+  rows = jnp.arange(bank.shape[0], dtype=jnp.int32).reshape(-1, bank_chunk)
+  return _scan_topk(_normalise(queries), bank.reshape(-1, bank_chunk, bank.shape[-1]),
+                    bank_valid.reshape(-1, bank_chunk), rows, k)
 
 
 def knn_predict(queries, bank, bank_labels, num_classes: int, ks, temperature: float,
@@ -134,23 +141,12 @@ def _sharded_topk_fn(mesh, k: int):
 
   def local(q, bank, valid):
     nb, r_local, _ = bank.shape
-    q = q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
     shard = jax.lax.axis_index(axes)
     r_global = r_local * jax.lax.psum(1, axes)
-
-    def step(carry, xs):
-      best_s, best_i = carry
-      b, v, i = xs
-      b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-      s = jnp.where(v[None, :], jnp.matmul(q, b.T, precision=jax.lax.Precision.HIGHEST), -jnp.inf)
-      s_top, j_top = jax.lax.top_k(s, min(k, r_local))
-      ids = i * r_global + shard * r_local + j_top        # row in the (nb·R) extraction order
-      s_all, i_all = jnp.concatenate([best_s, s_top], 1), jnp.concatenate([best_i, ids], 1)
-      s_new, pick = jax.lax.top_k(s_all, k)
-      return (s_new, jnp.take_along_axis(i_all, pick, axis=1)), None
-
-    init = (jnp.full((q.shape[0], k), -jnp.inf), jnp.zeros((q.shape[0], k), jnp.int32))
-    (s, i), _ = jax.lax.scan(step, init, (bank, valid, jnp.arange(nb, dtype=jnp.int32)))
+    # each local row reports its row in the (nb·R) extraction order
+    rows = (jnp.arange(nb, dtype=jnp.int32)[:, None] * r_global + shard * r_local
+            + jnp.arange(r_local, dtype=jnp.int32)[None, :])
+    s, i = _scan_topk(_normalise(q), bank, valid, rows, k)
     s_all = jax.lax.all_gather(s, axes, axis=1, tiled=True)   # (Q, k·devices)
     i_all = jax.lax.all_gather(i, axes, axis=1, tiled=True)
     s_top, pick = jax.lax.top_k(s_all, k)
@@ -205,13 +201,13 @@ class Evaluator:
   def __init__(self, ctx, *, data: str, split: str, train_split: str = "train", data_dir=None,
                mean=None, std=None, classes=None, k=(20,), temperature: float = 0.07, batch_size: int = 256,
                encoder: str = "online", feature: str = "cls", image_size=None,
-               resize: str = "center_crop", query_chunk: int = 1024, bank_chunk: int = 4096):
+               resize: str = "center_crop", query_chunk: int = 1024):
     self.ks = tuple(int(x) for x in (k if isinstance(k, (tuple, list)) else (k,)))
     if not self.ks or min(self.ks) < 1:
       raise ConfigError(f"evals.{ctx.name}.k", k, "one or more integers >= 1")
     if not temperature > 0:
       raise ConfigError(f"evals.{ctx.name}.temperature", temperature, "must be > 0")
-    self.ctx, self.temperature, self.query_chunk, self.bank_chunk = ctx, temperature, query_chunk, bank_chunk
+    self.ctx, self.temperature, self.query_chunk = ctx, temperature, query_chunk
     self.spec = common.FeatureSpec(ctx, encoder=encoder, feature=feature, image_size=image_size,
                                    resize=resize, batch_size=batch_size)
     self.bank_src, self.bank_info = common.open_split(ctx, data, train_split, data_dir, mean, std, classes)
