@@ -1,0 +1,55 @@
+"""The sweep for a laptop-scale Latent MIM recipe: one knob at a time from the methods study's
+Latent MIM cell (configs/studies/laptop_methods.py: the small ViT of configs/studies/laptop.py,
+7 of 64 patches visible, gap 1 px, crops of 20-100 % area, blr 1.5e-3, EMA from 0.99), at a fixed
+number of steps, to find what moves NN and the linear probe against raw pixels.
+
+    lmim-study --config configs/studies/laptop_recipe.py:data=shapes10k --workdir workdirs/recipe_shapes10k
+
+Besides the study's final evals (NN, k-NN, linear probe, collapse), each cell reports NN on
+the EMA target encoder and on the mean patch token of blocks 2 and 3 (the probe's layer is a
+choice of the recipe too), all by the official leave-one-out protocol; raw pixels by the same
+protocol as the last row.
+"""
+import ml_collections as mlc
+
+from configs.studies import laptop
+from configs.studies.laptop_methods import METHODS
+from lmim import config_lib
+from lmim.study import cell
+
+# One knob per row, applied on top of the base cell.
+KNOBS = {
+    "base": {},
+    "crop0.5": {"input.min_crop": 0.5},
+    "vis16": {"views.num_vis": 16},
+    "vis4": {"views.num_vis": 4},
+    "gap0": {"views.patch_gap": 0},
+    "blr4e-3": {"optim.blr": 4e-3},
+    "ema0.996": {"targets.momentum": 0.996},
+    "no_simreg": {"sim_reg.coeff": 0.0},
+    "w128_d6": {"model.width": 128, "model.depth": 6},
+}
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, choices={"data": laptop.DATASETS}, data="shapes10k", steps=600, seeds=1)
+  c = mlc.ConfigDict()
+  c.name = f"laptop_recipe_{a.data}"
+  c.description = (f"One knob at a time from the Latent MIM cell of the methods study, {a.data}, {a.steps} "
+                   f"steps at batch 128, {a.seeds} seed(s) (configs/studies/laptop_recipe.py).")
+  spec, own = METHODS["latent_mim"]
+  base = laptop.model_overrides(a.data, a.steps)
+  base.update({k: laptop.visible(20, a.data) if v == "vis" else v for k, v in own.items()})
+  c.cells = [cell(name, spec, **{**base, **knob}) for name, knob in KNOBS.items()]
+  c.seeds = tuple(range(a.seeds))
+  c.curve_evals = laptop.curve_evals(a.data, max(1, a.steps // 4))
+  final = laptop.final_evals(a.data)
+  nn = final["nn"]
+  final["nn_target"] = dict(nn, encoder="target")
+  final["nn_block2"] = dict(nn, feature="block2")
+  final["nn_block3"] = dict(nn, feature="block3")
+  c.final_evals = final
+  c.pixel_baseline = True
+  c.table = laptop.TABLE + ("nn_target/top1", "nn_block2/top1", "nn_block3/top1")
+  c.curves = laptop.CURVES
+  return c
