@@ -45,11 +45,11 @@ def get_config(arg=None):
   c.curve_evals = laptop.curve_evals(a.data, max(1, a.steps // 4))
   final = laptop.final_evals(a.data)
   nn = final["nn"]
-  final["nn_target"] = dict(nn, encoder="target")
+  final["nn_ema"] = dict(nn, encoder="ema")
   final["nn_block2"] = dict(nn, feature="block2")
   final["nn_block3"] = dict(nn, feature="block3")
   c.final_evals = final
   c.pixel_baseline = True
-  c.table = laptop.TABLE + ("nn_target/top1", "nn_block2/top1", "nn_block3/top1")
+  c.table = laptop.TABLE + ("nn_ema/top1", "nn_block2/top1", "nn_block3/top1")
   c.curves = laptop.CURVES
   return c
