@@ -185,7 +185,7 @@ do_setup() {
 }
 
 do_preflight() {
-  on_workers all "cd ~/lmim && LMIM_TPU_POD=1 .venv/bin/python -m lmim.distributed --workdir $(quote "$workdir")"
+  on_workers all "cd ~/lmim && LMIM_TPU_POD=1 .venv/bin/python -m lmim.preflight --workdir $(quote "$workdir")"
 }
 
 do_run() {

@@ -31,6 +31,7 @@ from orbax.checkpoint import checkpoint_managers as ocp_policies
 
 from lmim.errors import CheckpointError, CheckpointReadError, CheckpointWriteError, first_line
 from lmim.train_state import CHECKPOINT_ITEMS
+from lmim.trees import path_name
 
 META_ITEM = "meta"
 # Orbax's suffix for a step that is still being written (or whose writer died).
@@ -42,13 +43,6 @@ _MAX_LISTED = 25
 
 # Trees ------------------------------------------------------------------------------------------
 
-def _key_name(key) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def _dtype_name(dtype) -> str:
   try:
     return np.dtype(dtype).name
@@ -57,7 +51,7 @@ def _dtype_name(dtype) -> str:
 
 
 def _leaves_by_path(tree) -> list[tuple[str, Any]]:
-  return [("/".join(_key_name(k) for k in path), leaf)
+  return [(path_name(path), leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 

@@ -17,7 +17,6 @@ RESUMABLE_FIELDS = ("log_every_steps", "checkpoint", "evals", "mesh", "fsdp_min_
                     "input.data_dir", "input.num_threads", "input.prefetch", "model.remat", "debug")
 # Rematerialisation policies (model.remat): what a block keeps from the forward pass for the
 # backward pass; everything else is recomputed. Numerics are unchanged (tests/test_scale.py).
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
@@ -102,17 +101,6 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
   c.debug = mlc.ConfigDict(dict(nan_at_step=mlc.FieldReference(None, field_type=int)))
   methods.get(method).add_config(c)
   return c
-
-
-def remat_policy(value) -> str:
-  """model.remat -> one of REMAT_POLICIES (True/False are accepted as 'full'/'none')."""
-  if value is True:
-    return "full"
-  if value is False or value is None:
-    return "none"
-  if value not in REMAT_POLICIES:
-    raise ConfigError("model.remat", value, f"one of {list(REMAT_POLICIES)} (or True/False)")
-  return value
 
 
 def nn_eval(data: str = "imagenet2012", split: str = "validation", every_epochs: float | None = 10.0,
@@ -234,6 +222,8 @@ def resolve(config: mlc.ConfigDict, num_train_examples: int) -> mlc.ConfigDict:
 
 def validate_run(config, num_devices: int) -> None:
   """Checks on the run (batch, durations, mesh, optimiser); method checks live with the method."""
+  from lmim import sharding  # pylint: disable=import-outside-toplevel
+  from lmim.models import layers  # pylint: disable=import-outside-toplevel
   if config.batch_size < 1:
     raise ConfigError("batch_size", config.batch_size, "must be >= 1")
   if config.accum_steps < 1:
@@ -253,38 +243,16 @@ def validate_run(config, num_devices: int) -> None:
   for k in ("b1", "b2"):
     if not 0 <= config.optim[k] < 1:
       raise ConfigError(f"optim.{k}", config.optim[k], "must be in [0, 1)")
-  remat_policy(config.model.get("remat", "none"))
+  layers.remat_policy(config.model.get("remat", "none"))
   nan_at = config.get("debug", {}).get("nan_at_step")
   if nan_at is not None and nan_at < 1:
     raise ConfigError("debug.nan_at_step", nan_at, "a step >= 1 (the step whose loss becomes NaN) or None")
-  data, fsdp = mesh_shape(config.mesh, num_devices)
+  data, fsdp = sharding.mesh_shape(config.mesh, num_devices)
   dp = data * fsdp
   if config.batch_size % (dp * config.accum_steps):
     raise ConfigError("batch_size", config.batch_size,
                       f"must be divisible by the data-parallel size ({dp} = mesh {data}x{fsdp}) times "
                       f"accum_steps ({config.accum_steps}) = {dp * config.accum_steps}")
-
-
-def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:
-  """(data, fsdp) sizes; one of them may be -1 = all remaining devices."""
-  data, fsdp = mesh_cfg.data, mesh_cfg.fsdp
-  if (data == -1) and (fsdp == -1):
-    raise ConfigError("mesh", dict(data=data, fsdp=fsdp), "at most one axis may be -1")
-  for name, v in (("data", data), ("fsdp", fsdp)):
-    if v == 0 or v < -1:
-      raise ConfigError(f"mesh.{name}", v, "a positive size or -1 (all remaining devices)")
-  known = (data if data != -1 else 1) * (fsdp if fsdp != -1 else 1)
-  if num_devices % known:
-    raise ConfigError("mesh", dict(data=data, fsdp=fsdp),
-                      f"the axes must multiply to the device count {num_devices}")
-  if data == -1:
-    data = num_devices // known
-  if fsdp == -1:
-    fsdp = num_devices // known
-  if data * fsdp != num_devices:
-    raise ConfigError("mesh", dict(data=data, fsdp=fsdp),
-                      f"the axes multiply to {data * fsdp}, not to the device count {num_devices}")
-  return data, fsdp
 
 
 def diff_configs(saved: dict, current: dict, ignore=RESUMABLE_FIELDS, defaults: dict | None = None) -> list[str]:

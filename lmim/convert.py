@@ -28,6 +28,7 @@ from lmim.checkpoint import Checkpointer
 from lmim.errors import CheckpointError
 from lmim.models import encoder_dims
 from lmim.models.posemb import sincos_table
+from lmim.trees import path_name
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """A `.pth` (needs torch) or `.npz` file -> {official name: float32 array}, `module.` stripped."""
@@ -110,7 +111,7 @@ def to_official(trees: dict) -> dict:
     if tree is None:
       continue
     for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      name, value = lmim_to_official(item, "/".join(str(k.key) for k in p), np.asarray(v))
+      name, value = lmim_to_official(item, path_name(p), np.asarray(v))
       out[name] = value
   return out
 
@@ -134,7 +135,7 @@ def convert(state_dict: dict, abstract: dict, pos_tables: dict | None = None,
   targets = {}
   for item, tree in abstract.items():
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      targets[(item, "/".join(str(k.key) for k in path))] = leaf
+      targets[(item, path_name(path))] = leaf
   filled, unexpected, mismatched = {}, [], []
   for name, value in state_dict.items():
     mapped = official_to_lmim(name, source)
@@ -245,7 +246,7 @@ def target_trees(config, channels: int = 3):
   """(resolved config, method, {'params', 'ema_params'} ShapeDtypeStruct trees) for a config."""
   # Durations do not matter for a converted checkpoint; resolve them on a nominal epoch.
   cfg = config_lib.resolve(config, num_train_examples=max(config.batch_size, 1))
-  method = methods.get(cfg.method).build(cfg, channels)
+  method = methods.build(cfg, channels)
   abstract = dict(zip(("params", "ema_params"), jax.eval_shape(method.init, jax.random.key(0))))
   return cfg, method, abstract
 

@@ -166,27 +166,3 @@ def preflight(workdir: str, fp: dict | None = None) -> None:
   check_shared_workdir(workdir)
   log.info("Preflight: %d processes run the same code (%s) and share %s.", jax.process_count(),
            fp["code_sha256"][:12], workdir)
-
-
-def main(argv=None):
-  """python -m lmim.distributed --workdir DIR [--coordinator_address ...]: the multi-host
-  preflight alone, on every host (launch scripts run it before training)."""
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from lmim import cli  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string("workdir", None, "The run's workdir (must be shared by all hosts).")
-  cli.define_distributed_flags()
-  flags.mark_flags_as_required(["workdir"])
-
-  def run(_):
-    kind = cli.initialize_distributed()
-    fp = software_fingerprint()
-    cli.guard(lambda: preflight(flags.FLAGS.workdir, fp))
-    if jax.process_index() == 0:
-      print(f"preflight OK ({kind}): {jax.process_count()} process(es), {jax.device_count()} devices, "
-            f"code {fp['code_sha256'][:12]} (commit {fp['git_commit']}), jax {fp['versions']['jax']}, "
-            f"workdir {flags.FLAGS.workdir} shared")
-  app.run(run, argv)
-
-
-if __name__ == "__main__":
-  main()

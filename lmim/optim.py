@@ -10,11 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from lmim import schedules
-
-
-def path_name(path) -> str:
-  """'encoder/blocks_0/attn/qkv/kernel' from a jax tree path."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+from lmim.trees import path_name
 
 
 def official_decay(name: str, ndim: int) -> bool:
@@ -84,14 +80,12 @@ def add_scheduled_decayed_weights(schedule) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def make(optim_cfg, *, peak_lr: float, total_steps: float, warmup_steps: float,
-         decay_rule=official_decay) -> optax.GradientTransformation:
-  """optim_cfg fields: min_lr_frac or min_lr, warmup_start_lr, weight_decay (+ weight_decay_end for
+def make(optim_cfg, lr, *, total_steps: float, decay_rule=official_decay) -> optax.GradientTransformation:
+  """`lr`: step -> learning rate (`lr_schedule`, also what the trainer logs). optim_cfg fields: min_lr_frac or min_lr, warmup_start_lr, weight_decay (+ weight_decay_end for
   a cosine schedule of it), b1, b2, eps, grad_clip_norm (None = off).
 
   AdamW with decoupled decay, as torch's: a constant decay is optax.adamw itself; a scheduled one
   is the same chain (Adam, masked decay, learning rate) with the decay evaluated at the step."""
-  lr = lr_schedule(optim_cfg, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps)
   mask = functools.partial(decay_mask, rule=decay_rule)
   if optim_cfg.get("weight_decay_end") is None:
     adamw = optax.adamw(lr, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,

@@ -41,8 +41,9 @@ import time
 import jax
 import numpy as np
 
-from lmim import config_lib
+from lmim import sharding
 from lmim.errors import LmimError
+from lmim.models import layers
 
 GIB = 2 ** 30
 CPU_CAVEAT = ("estimate from XLA:CPU's compilation of the same SPMD program; TPU/GPU XLA fuses and "
@@ -134,7 +135,7 @@ def plan(config, num_devices: int, *, info=None, global_flops: bool | None = Non
   k = cfg.accum_steps
   scan_layers = bool(cfg.model.get("scan_layers", False))
   flops_dev = float(_cost(compiled).get("flops", float("nan"))) * k
-  data, fsdp = config_lib.mesh_shape(cfg.mesh, num_devices)
+  data, fsdp = sharding.mesh_shape(cfg.mesh, num_devices)
   params_dev, params_full = _bytes_per_device(state.params)
   ema_dev, ema_full = _bytes_per_device(state.ema_params) if state.ema_params is not None else (0, 0)
   opt_dev, opt_full = _bytes_per_device(state.opt_state)
@@ -145,7 +146,7 @@ def plan(config, num_devices: int, *, info=None, global_flops: bool | None = Non
       "image_size": method.train_image_size, "devices": num_devices, "platform": devices[0].platform,
       "global_batch": cfg.batch_size, "accum_steps": k, "per_device_batch": cfg.batch_size // num_devices,
       "mesh_data": data, "mesh_fsdp": fsdp, "fsdp_min_size_mb": cfg.fsdp_min_size_mb,
-      "remat": config_lib.remat_policy(cfg.model.remat), "scan_layers": scan_layers, "dtype": cfg.model.dtype,
+      "remat": layers.remat_policy(cfg.model.remat), "scan_layers": scan_layers, "dtype": cfg.model.dtype,
       "trainable_params": n_params,
       # Per device, bytes (XLA memory analysis of the compiled per-device program).
       "argument_bytes": arg, "output_bytes": out, "temp_bytes": temp, "alias_bytes": alias,
@@ -313,7 +314,7 @@ def main():
     def go():
       if f.devices < 1:
         raise PlanError(f"--devices={f.devices} is invalid: must be >= 1")
-      config_lib.mesh_shape(config.mesh, f.devices)  # a bad mesh fails before any re-exec
+      sharding.mesh_shape(config.mesh, f.devices)  # a bad mesh fails before any re-exec
       _ensure_devices(f.devices)
       return plan(config, f.devices, global_flops=f.global_flops)
     result = cli.guard(go)

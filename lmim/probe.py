@@ -57,7 +57,7 @@ def restore(workdir: str, *, step: int | None = None, online: bool = True, ema: 
     step = ckpt.latest_step() if step is None else step
     meta = ckpt.restore_meta(step)
     cfg = mlc.ConfigDict(meta["config"])
-    method = methods.get(cfg.method).build(cfg, meta["data"]["channels"])
+    method = methods.build(cfg, meta["data"]["channels"])
     mesh = mesh or sharding.make_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1)))
     params, ema_tree = jax.eval_shape(method.init, jax.random.key(0))
     if ema == "if_kept":

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from lmim import config_lib
+from lmim.errors import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -25,7 +25,7 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   propagation becomes a type system; this code relies on GSPMD propagation.
   """
   devices = list(devices if devices is not None else jax.devices())
-  data, fsdp = config_lib.mesh_shape(mesh_cfg, len(devices))
+  data, fsdp = mesh_shape(mesh_cfg, len(devices))
   return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2,
                        devices=devices)
 
@@ -81,3 +81,25 @@ def put_replicated(tree, mesh: Mesh):
   repl = replicated(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), repl, lambda _: np.asarray(x)),
                       jax.device_get(tree))
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) sizes; one of them may be -1 = all remaining devices."""
+  data, fsdp = mesh_cfg.data, mesh_cfg.fsdp
+  if (data == -1) and (fsdp == -1):
+    raise ConfigError("mesh", dict(data=data, fsdp=fsdp), "at most one axis may be -1")
+  for name, v in (("data", data), ("fsdp", fsdp)):
+    if v == 0 or v < -1:
+      raise ConfigError(f"mesh.{name}", v, "a positive size or -1 (all remaining devices)")
+  known = (data if data != -1 else 1) * (fsdp if fsdp != -1 else 1)
+  if num_devices % known:
+    raise ConfigError("mesh", dict(data=data, fsdp=fsdp),
+                      f"the axes must multiply to the device count {num_devices}")
+  if data == -1:
+    data = num_devices // known
+  if fsdp == -1:
+    fsdp = num_devices // known
+  if data * fsdp != num_devices:
+    raise ConfigError("mesh", dict(data=data, fsdp=fsdp),
+                      f"the axes multiply to {data * fsdp}, not to the device count {num_devices}")
+  return data, fsdp

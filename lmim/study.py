@@ -83,6 +83,9 @@ def validate(study) -> None:
     raise ConfigError("seeds", tuple(study.seeds), "at least one seed")
   for c in study.cells:
     cell_config(study, c.name, int(study.seeds[0]))  # every cell's config loads and takes its fields
+  from lmim import evaluators  # pylint: disable=import-outside-toplevel
+  for name, ev in (study.get("final_evals", {}) or {}).items():  # checked now, not after the training
+    evaluators.check_fields(name, ev)
 
 
 def _cell_def(study, name: str):

@@ -31,7 +31,6 @@ from lmim.metrics_writer import (MetricWriter, console_logging, file_logging, fo
 from lmim.train_state import TrainState
 
 log = logging.getLogger("lmim")
-COLLAPSE_SIM = 0.95
 
 
 @dataclasses.dataclass
@@ -52,28 +51,34 @@ class Setup:
   traces: list              # one entry per trace of the step (a recompilation check)
 
 
+def check(config, num_devices: int) -> None:
+  """Every one-line config error (the run's fields, then the method's), before anything is
+  opened, created or compiled."""
+  config_lib.validate_run(config, num_devices)
+  methods.validate(config)
+
+
 def prepare(config, devices=None) -> Setup:
   """Check the config, open the training data and build everything for `config`."""
   devices = list(devices if devices is not None else jax.devices())
-  method_module = methods.get(config.method)
-  config_lib.validate_run(config, len(devices))
-  method_module.validate(config)
+  check(config, len(devices))
   source, info = data.open_source(config.input.data, config.input.split, config.input.data_dir,
                                   mean=config.input.mean, std=config.input.std,
                                   classes=config.input.get("classes"))
-  return build(config, info, devices, source)
+  return _build(config, info, devices, source)
 
 
 def build(config, info, devices=None, source=None) -> Setup:
   """Everything but the data: `info` (channels, num_examples) fixes the shapes and the epochs."""
-  ########################################################################################
-  # Config checks: every one-line error comes from here, before anything compiles.
-  ########################################################################################
-  method_module = methods.get(config.method)
   devices = list(devices if devices is not None else jax.devices())
-  config_lib.validate_run(config, len(devices))
+  check(config, len(devices))
+  return _build(config, info, devices, source)
+
+
+def _build(config, info, devices, source) -> Setup:
+  """`build` once the config has passed `check`."""
   cfg = config_lib.resolve(config, info.num_examples)
-  method = method_module.build(cfg, info.channels)
+  method = methods.build(cfg, info.channels, validated=True)
 
   ########################################################################################
   # Mesh.
@@ -83,9 +88,9 @@ def build(config, info, devices=None, source=None) -> Setup:
   ########################################################################################
   # Model and optimiser: shapes only (jax.eval_shape), nothing materialised yet.
   ########################################################################################
-  tx = optim.make(cfg.optim, peak_lr=cfg.optim.lr, total_steps=cfg.total_steps,
-                  warmup_steps=cfg.warmup_steps,
-                  decay_rule=getattr(method, "decay_rule", optim.official_decay))
+  lr_fn = optim.lr_schedule(cfg.optim, peak_lr=cfg.optim.lr, total_steps=cfg.total_steps,
+                            warmup_steps=cfg.warmup_steps)
+  tx = optim.make(cfg.optim, lr_fn, total_steps=cfg.total_steps, decay_rule=method.decay_rule)
   init_key, step_key = jax.random.split(jax.random.key(cfg.seed))
   repl = sharding.replicated(mesh)
   # Keys live on the mesh from the start, so the loop never moves them (transfer guard).
@@ -103,16 +108,13 @@ def build(config, info, devices=None, source=None) -> Setup:
   ########################################################################################
   state_sh = sharding.tree_shardings(abstract, mesh, cfg.fsdp_min_size_mb)
   init_fn = jax.jit(init, out_shardings=state_sh)
-  # One image array per view (CMAE trains on two views of each image).
-  image_keys = ("image",) + tuple(f"image{v + 1}" for v in range(1, getattr(method, "num_views", 1)))
-  batch_sh = {k: sharding.batch_sharding(mesh, batch_axis=1) for k in image_keys}
+  # One image array per view of each example.
+  batch_sh = {k: sharding.batch_sharding(mesh, batch_axis=1) for k in data.image_keys(method.num_views)}
 
   ########################################################################################
   # The update step: one optimiser step over `accum_steps` micro-batches.
   ########################################################################################
   micro = cfg.batch_size // cfg.accum_steps
-  lr_fn = optim.lr_schedule(cfg.optim, peak_lr=cfg.optim.lr, total_steps=cfg.total_steps,
-                            warmup_steps=cfg.warmup_steps)
   wd_fn = optim.wd_schedule(cfg.optim, total_steps=cfg.total_steps)
   traces = []
 
@@ -159,17 +161,16 @@ def build(config, info, devices=None, source=None) -> Setup:
 
 
 def train_batches(setup: Setup, start_step: int, host_state=None):
-  """The data stream from `start_step`; a method's host state may change the crops (CMAE boxes)."""
+  """The data stream from `start_step`; the method adds its own pipeline arguments, which may
+  follow its host state."""
   cfg, method = setup.config, setup.method
-  boxes = method.crop_boxes(host_state) if host_state is not None else None
   return data.train_batches(
       setup.source, setup.info, image_size=method.train_image_size,
       global_batch=cfg.batch_size, accum_steps=cfg.accum_steps, start_step=start_step,
       seed=cfg.seed, min_crop=cfg.input.min_crop, process_index=jax.process_index(),
       process_count=jax.process_count(), num_threads=cfg.input.num_threads,
-      prefetch=cfg.input.prefetch, num_views=getattr(method, "num_views", 1), flip=cfg.input.flip,
-      color_jitter=cfg.input.get("color_jitter", 0.0),
-      boxes=None if boxes is None else boxes[0], alpha=1.0 if boxes is None else boxes[1])
+      prefetch=cfg.input.prefetch, num_views=method.num_views, flip=cfg.input.flip,
+      color_jitter=cfg.input.get("color_jitter", 0.0), **method.pipeline_args(host_state))
 
 
 def device_batch(setup: Setup, local: dict) -> dict:
@@ -218,8 +219,8 @@ def _train(config, workdir: str, setup: Setup, stop_after_steps, command) -> dic
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=cfg.checkpoint.keep_last,
                       keep_every_steps=cfg.checkpoint.keep_every_steps,
                       async_save=cfg.checkpoint.async_save)
-  # Host-side method state (CMAE's ContrastiveCrop boxes): numpy, replicated, checkpointed.
-  host = method.host_state_init(setup.info.num_examples) if hasattr(method, "host_state_init") else None
+  # The method's host-side state, if it keeps one: numpy, replicated, checkpointed.
+  host = method.host_state_init(setup.info.num_examples)
   start_step, restored = _restore_latest_good(ckpt, setup, workdir, host)
   writer = MetricWriter(workdir)
   if not start_step:
@@ -321,12 +322,11 @@ def _loop(setup, ckpt, writer, evals, config, state, batches, first, host, start
       now = time.perf_counter()
       rows = jax.device_get(pending)
       check_finite(rows, done - len(rows) + 1, ckpt)
-      summary = _summarise(rows, done, cfg, now - t_last, done - step_last, stop)
+      summary = _summarise(rows, done, cfg, now - t_last, done - step_last, stop, method.schedule_metrics)
       pending, t_last, step_last = [], now, done
       writer.write_scalars(done, summary)
       log.info(format_line(done, total, summary))
-      warning = collapse_warning(summary, done)
-      if warning:
+      for warning in method.health_warnings(summary, done):
         log.warning(warning)
     if host is not None and method.host_state_due(done):
       t0 = time.perf_counter()
@@ -447,15 +447,6 @@ def _restore_latest_good(ckpt, setup: Setup, workdir: str, host=None):
 
 # Helpers -------------------------------------------------------------------------------------
 
-def collapse_warning(summary: dict, step: int) -> str | None:
-  """EMA-target losses can look healthy while every target token points the same way."""
-  sim = summary.get("sim_trg")
-  if sim is not None and sim > COLLAPSE_SIM:
-    return (f"target Sim {sim:.3f} > {COLLAPSE_SIM} at step {step}: the targets are collapsing "
-            "(mean pairwise cosine of target tokens); the loss can look healthy while this happens")
-  return None
-
-
 def _meta(cfg, user_config, info, step: int) -> dict:
   """What a resume, a probe or `inspect_ckpt` needs besides the arrays."""
   return {"config": cfg.to_dict(), "user_config": user_config.to_dict(), "step": step,
@@ -466,10 +457,11 @@ def _meta(cfg, user_config, info, step: int) -> dict:
           "process_count": jax.process_count(), "jax_version": jax.__version__}
 
 
-def _summarise(pending: list, step: int, cfg, seconds: float, steps: int, stop: int) -> dict:
-  """Mean over the steps since the last log line; schedule values from the last step."""
+def _summarise(pending: list, step: int, cfg, seconds: float, steps: int, stop: int, schedules=()) -> dict:
+  """Mean over the steps since the last log line; schedule values (the learning rate, the EMA
+  momentum and the method's `schedules`) from the last step."""
   out = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
-  for k in ("lr", "momentum", "sim_target"):
+  for k in ("lr", "momentum", *schedules):
     if k in pending[-1]:
       out[k] = float(pending[-1][k])
   out["images_per_sec"] = steps * cfg.batch_size / max(seconds, 1e-9)

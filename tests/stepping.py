@@ -12,7 +12,7 @@ def first_batch(setup):
 
 def _host(setup):
   m = setup.method
-  return m.host_state_init(setup.info.num_examples) if hasattr(m, "host_state_init") else None
+  return m.host_state_init(setup.info.num_examples)
 
 
 def one_step(config, devices):

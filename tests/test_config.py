@@ -1,8 +1,7 @@
 """Bad input: one clear line naming the field, the value and what is valid, before compiling."""
-import jax
 import pytest
 
-from lmim import config_lib, train
+from lmim import config_lib, sharding, train
 from lmim.errors import ConfigError
 from tiny import tiny_config
 
@@ -48,9 +47,9 @@ def test_bad_config_is_one_line_naming_field_and_valid_range(overrides, field, v
 
 def test_mesh_shape_fills_the_free_axis():
   cfg = tiny_config()
-  assert config_lib.mesh_shape(cfg.mesh, 8) == (8, 1)
+  assert sharding.mesh_shape(cfg.mesh, 8) == (8, 1)
   cfg.mesh.update(dict(data=2, fsdp=-1))
-  assert config_lib.mesh_shape(cfg.mesh, 8) == (2, 4)
+  assert sharding.mesh_shape(cfg.mesh, 8) == (2, 4)
 
 
 def test_durations_in_epochs_resolve_to_steps():

@@ -258,7 +258,7 @@ def test_target_size_is_dinos():
 
 def build():
   cfg = config_lib.resolve(tiny_config("latent_mim"), 4000)
-  method = methods.get("latent_mim").build(cfg, 3)   # RGB frames
+  method = methods.build(cfg, 3)   # RGB frames
   params, ema = method.init(jax.random.key(0))
   return method, types.SimpleNamespace(params=params, ema_params=ema)
 
@@ -366,7 +366,7 @@ def test_unknown_field_is_rejected(tiny):
 
 def test_grayscale_encoder_is_rejected(tmp_path):
   cfg = config_lib.resolve(tiny_config("latent_mim"), 4000)
-  method = methods.get("latent_mim").build(cfg, 1)
+  method = methods.build(cfg, 1)
   with pytest.raises(ConfigError, match="evals.davis.data"):
     davis.Evaluator(context(method), data_dir=str(tmp_path), **FIELDS)
 

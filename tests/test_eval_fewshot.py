@@ -22,7 +22,7 @@ MNIST = dict(data="mnist5k", train="train[:400]", test="test[:200]")
 
 def build(channels: int):
   cfg = config_lib.resolve(tiny_config("latent_mim"), 4000)
-  method = methods.get("latent_mim").build(cfg, channels)
+  method = methods.build(cfg, channels)
   params, ema = method.init(jax.random.key(0))
   return method, types.SimpleNamespace(params=params, ema_params=ema)
 

@@ -24,7 +24,7 @@ DATA = dict(data="mnist5k", split="test")
 
 def build(method_name="latent_mim", **overrides):
   cfg = config_lib.resolve(tiny_config(method_name, **overrides), 4000)
-  method = methods.get(method_name).build(cfg, 1)
+  method = methods.build(cfg, 1)
   params, ema = method.init(jax.random.key(0))
   return method, types.SimpleNamespace(params=params, ema_params=ema)
 

@@ -158,7 +158,7 @@ def test_tpu_preflight(env):
   assert "--worker=all" in argv
   words = remote(argv)
   assert "LMIM_TPU_POD=1" in words
-  i = words.index("lmim.distributed")
+  i = words.index("lmim.preflight")
   assert words[i - 1] == "-m" and words[i + 1:i + 3] == ["--workdir", "gs://bucket/run 1"]
 
 
@@ -189,7 +189,7 @@ def test_tpu_all_runs_every_step_in_order(env):
   steps = [" ".join(a[:5]) for a in argvs]
   assert steps[:2] == ["gcloud compute tpus queued-resources create", "gcloud compute tpus queued-resources describe"]
   ssh = [remote(a) for a in argvs if a[3:5] == ["tpu-vm", "ssh"]]
-  assert [("tar" in w, f"jax[tpu]=={JAX_PIN}" in w, "lmim.distributed" in w, "lmim.train" in w, "tail" in w)
+  assert [("tar" in w, f"jax[tpu]=={JAX_PIN}" in w, "lmim.preflight" in w, "lmim.train" in w, "tail" in w)
           for w in ssh] == [tuple(i == j for j in range(5)) for i in range(5)]  # untar, setup, preflight, run, logs
   assert any(a[4] == "scp" for a in argvs)
 

@@ -14,7 +14,7 @@ from tiny import tiny_config
 def build(method, **overrides):
   cfg = config_lib.resolve(tiny_config(method, **overrides), 4000)
   from lmim import methods  # pylint: disable=import-outside-toplevel
-  return methods.get(method).build(cfg, 1)
+  return methods.build(cfg, 1)
 
 
 # PCAE ---------------------------------------------------------------------------------------------
@@ -81,11 +81,11 @@ def test_cmae_boxes_refresh_on_schedule_and_feed_the_crops():
   assert (m.box_warmup, m.box_interval) == (3, 3)
   assert [s for s in range(11) if m.host_state_due(s)] == [3, 6, 9]
   host = m.host_state_init(7)
-  assert m.crop_boxes(host) is None                      # RandomResizedCrop until the first update
+  assert m.pipeline_args(host) == {}                     # RandomResizedCrop until the first update
   assert host["boxes"].shape == (7, 4)
   host["active"] = np.ones((), np.int32)
-  boxes, alpha = m.crop_boxes(host)
-  assert boxes.shape == (7, 4) and alpha == 0.1
+  args = m.pipeline_args(host)
+  assert args["boxes"].shape == (7, 4) and args["alpha"] == 0.1
 
 
 def test_cmae_position_labels_are_the_visible_patch_ids():
@@ -150,7 +150,7 @@ def test_ijepa_block_sizes_and_static_lengths_follow_the_sampler():
 def test_ijepa_weight_decay_follows_its_cosine_from_0_04_to_0_4():
   cfg = config_lib.base_config("ijepa")
   total = 100
-  tx = optim.make(cfg.optim, peak_lr=1.0, total_steps=total, warmup_steps=0, decay_rule=optim.ijepa_decay)
+  tx = optim.make(cfg.optim, optim.lr_schedule(cfg.optim, peak_lr=1.0, total_steps=total, warmup_steps=0), total_steps=total, decay_rule=optim.ijepa_decay)
   params = {"w": jnp.ones((2, 3)), "b": jnp.ones((3,))}
   state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)

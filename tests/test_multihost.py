@@ -97,7 +97,7 @@ def test_sigterm_on_every_host_saves_one_step_and_exits_0(tmp_path):
 
 def _distributed_preflight(workdirs, port):
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "lmim.distributed", "--workdir", str(w)], cwd=ROOT,
+      [sys.executable, "-m", "lmim.preflight", "--workdir", str(w)], cwd=ROOT,
       env=dict(env(), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", LMIM_COORDINATOR=f"127.0.0.1:{port}",
                LMIM_NUM_PROCESSES="2", LMIM_PROCESS_ID=str(i)),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i, w in enumerate(workdirs)]
@@ -153,7 +153,7 @@ def test_preflight_refuses_hosts_running_different_code(tmp_path):
   procs = []
   for i, root in enumerate((ROOT, other)):
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", "lmim.distributed", "--workdir", str(shared)], cwd=root,
+        [sys.executable, "-m", "lmim.preflight", "--workdir", str(shared)], cwd=root,
         env=dict(env(), PYTHONPATH=str(root), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
                  LMIM_COORDINATOR=f"127.0.0.1:{port}", LMIM_NUM_PROCESSES="2", LMIM_PROCESS_ID=str(i)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))

@@ -11,6 +11,7 @@ from PIL import Image, ImageEnhance
 
 from configs import data2vec_vitb16_in1k, ijepa_in1k, lmim_ablations
 from lmim import config_lib, losses, methods, optim, train, views
+from lmim.trees import path_name
 from lmim.data import transforms
 from lmim.models import layers
 from lmim.models.vit import Encoder, relative_position_index
@@ -19,7 +20,7 @@ from tiny import tiny_config
 
 def build(method, **overrides):
   cfg = config_lib.resolve(tiny_config(method, **overrides), 4000)
-  return methods.get(method).build(cfg, 1)
+  return methods.build(cfg, 1)
 
 
 ###################################################################################################
@@ -230,7 +231,7 @@ def _decayed(method):
   rule = getattr(m, "decay_rule", optim.official_decay)
   mask = optim.decay_mask(params, rule)
   flat = jax.tree_util.tree_flatten_with_path(mask)[0]
-  return {optim.path_name(p): bool(v) for p, v in flat}
+  return {path_name(p): bool(v) for p, v in flat}
 
 
 def test_each_method_decays_the_parameters_its_official_optimiser_decays():

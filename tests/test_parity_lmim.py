@@ -13,7 +13,7 @@ import pytest
 from fixtures_lib import assert_close, fixture_dirs, load
 from lmim import convert, losses, optim
 from lmim.evaluators import features
-from lmim.methods import latent_mim
+from lmim.methods.common import ema_update
 
 DIRS = fixture_dirs("official_lmim")
 ACTIVATIONS = ("patch_pix", "target_out", "x_trg", "x_vis", "decoder_queries_in", "x_pred",
@@ -44,10 +44,10 @@ def run(request):
              sim_vis=losses.pairwise_sim(out["x_vis"][:, 1:]), sim_trg=losses.pairwise_sim(out["x_trg"]))
   # One AdamW step at the fixture's constant lr: lmim.optim with warmup 0 and min_lr_frac 1.
   cfg.optim.weight_decay, cfg.optim.min_lr_frac = hp["weight_decay"], 1.0
-  tx = optim.make(cfg.optim, peak_lr=hp["lr"], total_steps=1, warmup_steps=0)
+  tx = optim.make(cfg.optim, optim.lr_schedule(cfg.optim, peak_lr=hp["lr"], total_steps=1, warmup_steps=0), total_steps=1)
   updates, _ = tx.update(grads, tx.init(params), params)
   new_params = jax.tree.map(lambda p, u: p + u, params, updates)
-  new_ema = latent_mim.ema_update(ema, new_params["encoder"], hp["momentum"])
+  new_ema = ema_update(ema, new_params["encoder"], hp["momentum"])
   # The fixture's NN features are those of the online encoder after the AdamW step. They are
   # computed from the fixture's own post-step weights: elements whose gradient is round-off may
   # legitimately step by ±lr (see test_adamw_step), which must not blur a forward-pass check.

@@ -36,7 +36,7 @@ def run(request):
 
   (_, out), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
   cfg.optim.weight_decay, cfg.optim.min_lr_frac = hp["weight_decay"], 1.0
-  tx = optim.make(cfg.optim, peak_lr=hp["lr"], total_steps=1, warmup_steps=0, decay_rule=mae.mae_decay)
+  tx = optim.make(cfg.optim, optim.lr_schedule(cfg.optim, peak_lr=hp["lr"], total_steps=1, warmup_steps=0), total_steps=1, decay_rule=mae.mae_decay)
   updates, _ = tx.update(grads, tx.init(params), params)
   return dict(hp=hp, sd=sd, expected=expected, out=out, params=params, grads=grads, abstract=abstract,
               stepped=jax.tree.map(lambda p, u: p + u, params, updates))

@@ -148,7 +148,7 @@ def test_unprepared_datasets_say_how_to_prepare_them_here(tmp_path):
     data.open_source("cifar10", "train", str(tmp_path))
   msg = str(e.value)
   assert "\n" not in msg and f"tfds.builder('cifar10', data_dir='{tmp_path}', file_format='array_record')" in msg
-  assert f"pip install {prepare.TF_VERSIONS}" in msg and "folder:<root>" in msg
+  assert f"pip install {location.TF_VERSIONS}" in msg and "folder:<root>" in msg
 
 
 def test_one_data_directory_for_every_dataset(monkeypatch, tmp_path):

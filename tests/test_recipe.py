@@ -6,8 +6,7 @@ import optax
 import pytest
 
 from configs import lmim_vitb16_in1k
-from lmim import config_lib, losses, optim, schedules, train
-from lmim.methods import latent_mim
+from lmim import config_lib, losses, methods, optim, schedules, train
 from lmim.models import encoder_dims
 from tiny import tiny_config
 
@@ -42,9 +41,9 @@ def test_gradient_clipping_is_applied_when_set():
   cfg = config_lib.base_config().optim
   params = {"w": jnp.ones((4, 4))}
   big = {"w": jnp.full((4, 4), 100.0)}
-  plain = optim.make(cfg, peak_lr=1.0, total_steps=10, warmup_steps=0)
+  plain = optim.make(cfg, optim.lr_schedule(cfg, peak_lr=1.0, total_steps=10, warmup_steps=0), total_steps=10)
   cfg.grad_clip_norm = 1e-3
-  clipping = optim.make(cfg, peak_lr=1.0, total_steps=10, warmup_steps=0)
+  clipping = optim.make(cfg, optim.lr_schedule(cfg, peak_lr=1.0, total_steps=10, warmup_steps=0), total_steps=10)
   _, state = clipping.update(big, clipping.init(params), params)
   _, ref = plain.update(big, plain.init(params), params)
   mu = lambda s: jax.tree.leaves([x for x in jax.tree.leaves(s, is_leaf=lambda n: isinstance(
@@ -63,7 +62,7 @@ def test_vitb16_in1k_is_the_official_recipe():
   assert (cfg.model.decoder.width, cfg.model.decoder.depth, cfg.model.decoder.num_heads) == (512, 3, 16)
   assert (cfg.model.projector.dim, cfg.model.projector.depth) == (4096, 3)
   assert (cfg.loss.tau, cfg.sim_reg.coeff, cfg.sim_reg.start, cfg.sim_reg.end) == (0.2, 0.1, 0.75, 0.25)
-  method = latent_mim.build(cfg, 3)
+  method = methods.build(cfg, 3)
   assert (method.train_image_size, method.eval_image_size, method.num_targets) == (280, 224, 176)
   params, ema = jax.eval_shape(method.init, jax.random.key(0))
   count = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
@@ -81,14 +80,14 @@ def test_runlocal_variant_builds_on_the_embedded_data():
 def test_learnable_position_table_and_bfloat16_matmuls():
   cfg = tiny_config(**{"model.freeze_pe": False, "model.dtype": "bfloat16"})
   cfg = config_lib.resolve(cfg, 4000)
-  method = latent_mim.build(cfg, 1)
+  method = methods.build(cfg, 1)
   params, ema = method.init(jax.random.key(0))
   assert params["encoder"]["pos_embed"].shape == (17, 32) and not optim.decay_mask(params)["encoder"]["pos_embed"]
   images = jax.random.normal(jax.random.key(1), (8, 20, 20, 1))
   keys = jax.random.split(jax.random.key(2), 8)
   loss_bf16, _ = method.loss(params, ema, {"image": images}, keys, 0)
   cfg.model.dtype = "float32"
-  loss_f32, _ = latent_mim.build(cfg, 1).loss(params, ema, {"image": images}, keys, 0)
+  loss_f32, _ = methods.build(cfg, 1).loss(params, ema, {"image": images}, keys, 0)
   assert jnp.isfinite(loss_bf16) and abs(float(loss_bf16) - float(loss_f32)) < 0.05
 
 
@@ -107,6 +106,7 @@ def test_sim_via_mean_direction_equals_the_gram_mean():
 
 
 def test_collapse_warning_fires_above_the_threshold():
-  assert train.collapse_warning({"sim_trg": 0.5}, 10) is None
-  msg = train.collapse_warning({"sim_trg": 0.97}, 10)
+  method = methods.build(config_lib.resolve(tiny_config(), 4000), 1)
+  assert method.health_warnings({"sim_trg": 0.5}, 10) == []
+  [msg] = method.health_warnings({"sim_trg": 0.97}, 10)
   assert "0.970 > 0.95 at step 10" in msg and "collapsing" in msg

@@ -14,7 +14,7 @@ from tiny import tiny_config
 
 def build(method="latent_mim", **overrides):
   cfg = config_lib.resolve(tiny_config(method, **{"model.depth": 3, **overrides}), 4000)
-  return methods.get(method).build(cfg, 1)
+  return methods.build(cfg, 1)
 
 
 def loss_and_grads(method, params, ema):

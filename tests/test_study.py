@@ -94,6 +94,13 @@ def test_bad_studies_are_one_line():
     cfg.cells = [study.cell("x", "configs/lmim_demo.py", **{"views.num_viz": 3})]
   with pytest.raises(ConfigError, match="study cell x"):
     study.validate(cfg)
+  # A final eval's field is checked before any cell trains, not when the first cell ends.
+  cfg, _ = cli.load_config(SPEC)
+  first = next(iter(cfg.final_evals))
+  with cfg.unlocked():
+    cfg.final_evals[first].encoder = "target"
+  with pytest.raises(ConfigError, match=f"evals.{first}.encoder"):
+    study.validate(cfg)
 
 
 def test_a_published_study_resumes_elsewhere_without_rerunning(finished, tmp_path):

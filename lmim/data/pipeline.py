@@ -44,6 +44,11 @@ def derived_seed(seed: int, purpose: int) -> int:
   return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
 
 
+def image_keys(num_views: int) -> tuple[str, ...]:
+  """The batch keys of a training example's views: 'image', then 'image2', 'image3', …"""
+  return ("image",) + tuple(f"image{v + 1}" for v in range(1, num_views))
+
+
 def _with_index(index, example):
   return index, example
 
@@ -81,8 +86,7 @@ class _TrainView:
     box = None if self.boxes is None else self.boxes[source_index]
     out = {"index": np.int64(index), "source_index": np.int64(source_index),
            "label": np.int32(example.get("label", -1))}
-    for v in range(self.num_views):
-      key = "image" if v == 0 else f"image{v + 1}"
+    for key in image_keys(self.num_views):
       if self.finetune is not None:
         out[key] = transforms.finetune_transform(example["image"], rng, size=self.size, mean=self.mean,
                                                  std=self.std, min_crop=self.min_crop, **self.finetune)

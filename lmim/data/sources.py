@@ -171,10 +171,9 @@ def tfds_data_source(name: str, split: str, data_dir: str | None, prefix: str,
 
   Every failure is one line: an unknown name or split (ConfigError naming `<prefix>.data|split`),
   or data that is not prepared or not in array_record format (DataNotPreparedError with the
-  command that prepares it here: lmim.data.prepare.how_to_prepare). `data_dir` None means the
+  command that prepares it here: lmim.data.location.how_to_prepare). `data_dir` None means the
   data directory every dataset uses (lmim.data.location).
   """
-  from lmim.data import prepare  # pylint: disable=import-outside-toplevel  # (prepare imports this module)
   data_dir = location.data_dir(data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -183,7 +182,7 @@ def tfds_data_source(name: str, split: str, data_dir: str | None, prefix: str,
   except Exception as e:  # e.g. an unknown version or config of a known dataset
     raise ConfigError(f"{prefix}.data", name, f"not a usable TFDS dataset: {first_line(e)}") from None
   where = os.fspath(builder.data_dir_root)
-  how = prepare.how_to_prepare(name, where)
+  how = location.how_to_prepare(name, where)
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False), builder.info
   except Exception as e:  # tfds raises ValueError, NotImplementedError, ... depending on the case

@@ -49,7 +49,9 @@ def fields_of(eval_cfg) -> dict:
   return {k: v for k, v in eval_cfg.items() if k not in SCHEDULE_FIELDS}
 
 
-def from_config(name: str, eval_cfg, *, method, mesh, workdir=None, writer=None):
+def check_fields(name: str, eval_cfg):
+  """The checks that need no method, mesh or data: the type, that every field is one the
+  evaluator takes, and the shared probe choices (encoder, feature, resize). -> the module."""
   module = module_for(name, eval_cfg)
   fields = fields_of(eval_cfg)
   accepted = inspect.signature(module.Evaluator.__init__).parameters
@@ -58,6 +60,17 @@ def from_config(name: str, eval_cfg, *, method, mesh, workdir=None, writer=None)
     valid = sorted(k for k in accepted if k not in ("self", "ctx"))
     raise ConfigError(f"evals.{name}.{unknown[0]}", fields[unknown[0]],
                       f"not a field of '{eval_cfg.type}'; valid fields: {', '.join(valid)}")
+  from lmim.evaluators import common, features  # pylint: disable=import-outside-toplevel
+  if "encoder" in fields and fields["encoder"] not in common.ENCODERS:
+    raise ConfigError(f"evals.{name}.encoder", fields["encoder"], "'online' or 'ema'")
+  if "feature" in fields:
+    features.check_feature(fields["feature"], field=f"evals.{name}.feature")
+  return module
+
+
+def from_config(name: str, eval_cfg, *, method, mesh, workdir=None, writer=None):
+  module = check_fields(name, eval_cfg)
+  fields = fields_of(eval_cfg)
   ctx = Context(method=method, mesh=mesh, name=name, workdir=workdir, writer=writer)
   return module.Evaluator(ctx, **fields)
 

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmim import data as lmim_data
-from lmim import losses, sharding, views
+from lmim import inference, losses, sharding, views
 from lmim.errors import ConfigError
 from lmim.evaluators import common, features as feats_lib
 
@@ -131,7 +131,7 @@ def _stats_fn(method, feature: str):
   """fn(encoder params, images) -> (B, 4 + D) float32, one row per image:
   [Sim, off-diagonal Sim] of the projected patch tokens, the same of the final-LN patch tokens,
   then the pooled `feature`. Packed into one array so one encoder pass, sharded by
-  `features.extract_fn`, yields everything; only O(B·D) leaves the device."""
+  `lmim.inference.extract_fn`, yields everything; only O(B·D) leaves the device."""
   def fn(params, images):
     reps = method.encode(params, images)
     prefix = 1 if "cls" in reps else 0
@@ -147,24 +147,14 @@ def _method_sims_fn(method, mesh, names: tuple):
   """jit(fn(params, ema_params, images, index, seed, step) -> {name: scalar}): the method's own
   loss on a batch, its views drawn from per-example keys fold_in(key(seed), example index), so
   each image gets the same views whatever the batch layout or device count."""
-  num_views = getattr(method, "num_views", 1)
+  keys_of_views = lmim_data.image_keys(method.num_views)
 
   def fn(params, ema_params, images, index, seed, step):
-    batch = {"image": images, **{f"image{v + 1}": images for v in range(1, num_views)}}
+    batch = {k: images for k in keys_of_views}
     keys = views.example_keys(jax.random.key(seed), index)
     _, metrics = method.loss(params, ema_params, batch, keys, step, train=False)  # no dropout
     return {k: metrics[k].astype(jnp.float32) for k in names}
   return jax.jit(fn, out_shardings=sharding.replicated(mesh))
-
-
-def _loss_group(method) -> int:
-  """Examples a method's loss must see in whole multiples of: Latent MIM's Sim regulariser
-  averages over groups of `sim_reg.group_size` examples before squaring (docs/latent_mim.md §9.4)."""
-  config = getattr(method, "config", None)
-  reg = config.get("sim_reg") if config is not None else None
-  if reg is None or not reg.get("coeff", 0) > 0:
-    return 1
-  return int(reg.get("group_size") or 1)
 
 
 def target_encoder_params(state):
@@ -175,8 +165,7 @@ def target_encoder_params(state):
   return (state.params or {}).get("target_encoder")
 
 
-def datasets(fields: dict) -> list:
-  return [(fields["data"], fields["split"], fields.get("data_dir"))]
+datasets = common.one_split
 
 
 def encoders(fields: dict) -> set:
@@ -217,7 +206,7 @@ class Evaluator:
     """Sims and spread of one encoder -> {metric: value}."""
     fn = _stats_fn(self.ctx.method, self.spec.feature)
     batches = self._batches(self.source, self.spec.image_size, self.spec.batch_size)
-    packed, _ = feats_lib.extract_fn(fn, params, batches, self.ctx.mesh)
+    packed, _ = inference.extract_fn(fn, params, batches, self.ctx.mesh)
     sims = np.asarray(packed[:, :len(_SIM_COLUMNS)], np.float64).mean(axis=0)
     pooled = packed[:, len(_SIM_COLUMNS):]
     out = {f"sim_{tag}{col}": float(v) for col, v in zip(_SIM_COLUMNS, sims)}
@@ -232,7 +221,7 @@ class Evaluator:
     """The sim_* metrics `method.loss` returns, from its shapes alone (no compile, no compute)."""
     method = self.ctx.method
     images = jax.ShapeDtypeStruct((batch_size, size, size, self.info.channels), jnp.float32)
-    batch = {"image": images, **{f"image{v + 1}": images for v in range(1, getattr(method, "num_views", 1))}}
+    batch = {k: images for k in lmim_data.image_keys(method.num_views)}
     keys = jax.eval_shape(lambda: views.example_keys(jax.random.key(0), jnp.arange(batch_size)))
     reported = jax.eval_shape(lambda p, e, b, k: method.loss(p, e, b, k, 0, train=False)[1],
                               state.params, state.ema_params, batch, keys)
@@ -249,7 +238,7 @@ class Evaluator:
     if missing or (self._loss_needs_ema and state.ema_params is None):
       log.info("%s: no method Sims: the state lacks %s", self.prefix, missing or ["ema_params"])
       return {}
-    unit = math.lcm(mesh.size, _loss_group(method))
+    unit = math.lcm(mesh.size, method.loss_group)
     size = method.train_image_size
     batch_size = min(self.spec.batch_size, len(self.source)) // unit * unit
     if batch_size == 0:

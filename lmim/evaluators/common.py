@@ -76,6 +76,11 @@ class FeatureSpec:
     return f, y
 
 
+def one_split(fields: dict) -> list:
+  """`datasets(fields)` of evaluators that read one split (`data`, `split`)."""
+  return [(fields["data"], fields["split"], fields.get("data_dir"))]
+
+
 def train_and_eval_splits(fields: dict) -> list:
   """`datasets(fields)` of evaluators that fit on `train_split` and score on `split`."""
   d = fields["data"]

@@ -32,7 +32,7 @@ Only the per-object per-frame scores stay on the host.
 
 Data: TFDS 'davis/480p' read with `tfds.data_source` (array_record; TFDS's builder needs
 TensorFlow, so it is built in a separate environment: the command is in the error an unprepared
-dataset gives, lmim.data.prepare.how_to_prepare). Each example: video = {frames (N, H, W, 3),
+dataset gives, lmim.data.location.how_to_prepare). Each example: video = {frames (N, H, W, 3),
 segmentations (N, H, W, 1)}, metadata = {video_name, num_frames}.
 """
 import functools

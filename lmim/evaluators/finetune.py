@@ -30,9 +30,10 @@ from lmim import sharding, views
 from lmim.data import augment
 from lmim.errors import ConfigError
 from lmim.evaluators import common
-from lmim.evaluators.features import pad_rows, replicate
+from lmim.inference import pad_rows, replicate
 from lmim.models import layers
-from lmim.optim import layer_ndim, path_name
+from lmim.optim import layer_ndim
+from lmim.trees import path_name
 
 
 class Head(nn.Module):
@@ -158,7 +159,7 @@ class Evaluator:
     return head.apply({"params": params["head"]}, out["pre_norm"][:, prefix:].mean(axis=1))
 
   def run(self, state):
-    c, ctx, mesh = self.cfg, self.ctx, self.ctx.mesh
+    c, mesh = self.cfg, self.ctx.mesh
     encoder, head = self._networks()
     enc_params = self.spec.params(state)
     n = self.train_info.num_examples

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmim import data as lmim_data
-from lmim import sharding
+from lmim import inference, sharding
 from lmim.errors import ConfigError
 from lmim.evaluators import common, features as feats_lib
 
@@ -108,7 +108,7 @@ class ShardedBank:
                     donate_argnums=0, out_shardings=rows_sharding)
     buf, labels, valid = None, [], []
     for i, batch in enumerate(batches):
-      batch = feats_lib.pad_rows({k: batch[k] for k in ("image", "label", "mask")}, per_process)
+      batch = inference.pad_rows({k: batch[k] for k in ("image", "label", "mask")}, per_process)
       g = sharding.global_batch(batch, mesh)
       f = features(params, g["image"])
       if buf is None:
@@ -116,8 +116,8 @@ class ShardedBank:
       elif f.shape != buf.shape[1:]:
         raise ValueError(f"batch {i} has {f.shape[0]} rows, the bank {buf.shape[1]}: eval batches must be equal")
       buf = write(buf, f, i)
-      labels.append(np.asarray(jax.device_get(feats_lib.replicate(g["label"], mesh))))
-      valid.append(np.asarray(jax.device_get(feats_lib.replicate(g["mask"], mesh))))
+      labels.append(np.asarray(jax.device_get(inference.replicate(g["label"], mesh))))
+      valid.append(np.asarray(jax.device_get(inference.replicate(g["mask"], mesh))))
     return ShardedBank(buf, np.concatenate(labels).astype(np.int64), np.concatenate(valid))
 
   def centred(self) -> "ShardedBank":

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmim import data as lmim_data
-from lmim import sharding
+from lmim import inference, sharding
 from lmim.errors import ConfigError
 from lmim.evaluators import common, features as feats_lib
 from lmim.evaluators.collapse import IndexedSubset
@@ -183,7 +183,7 @@ class Evaluator:
         local = next(stream)
         g = sharding.global_batch({"image": local["image"][0], "label": local["label"][0]}, mesh)
         xs.append(encode(params, g["image"]))
-        ys.append(feats_lib.replicate(g["label"], mesh))
+        ys.append(inference.replicate(g["label"], mesh))
       yield jnp.concatenate(xs), jnp.concatenate(ys)
 
   def run(self, state):

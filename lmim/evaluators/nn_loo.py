@@ -30,8 +30,7 @@ def loo_1nn_accuracy(features: np.ndarray, labels: np.ndarray, chunk: int = 1024
   return 100.0 * correct / n
 
 
-def datasets(fields: dict) -> list:
-  return [(fields["data"], fields["split"], fields.get("data_dir"))]
+datasets = common.one_split
 
 
 class Evaluator:

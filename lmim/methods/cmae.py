@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from lmim import data, losses, optim, views
+from lmim import data, inference, losses, views
 from lmim.errors import ConfigError
-from lmim.evaluators import features
-from lmim.methods.common import GridMethod, dropout_keys_for, encode_full_images, init_encoder, run
-from lmim.models import build_decoder, build_encoder, layers, validate_model
+from lmim.methods.common import dropout_keys_for
+from lmim.methods.mae import MAE
+from lmim.models import layers, validate_model
 
 
 def add_config(c) -> None:
@@ -91,16 +91,14 @@ def boxes_from_heatmaps(heat: np.ndarray, image_size: int, thresh: float) -> np.
   return np.stack([first(rows), first(cols), last(rows), last(cols)], 1).astype(np.float32) / image_size
 
 
-class CMAE(GridMethod):
+class CMAE(MAE):
+  """MAE's reconstruction on each of two views, plus a contrastive and a position-prediction head."""
   num_views = 2
-  decay_rule = staticmethod(optim.timm_decay)  # MAE's optimiser (timm's add_weight_decay)
+  fields = "cmae"
 
   def __init__(self, config, channels: int):
     super().__init__(config, channels)
     c = config
-    self.len_keep = int(self.num_patches * (1 - c.cmae.mask_ratio))
-    self.encoder = build_encoder(c.model, projector=False)
-    self.decoder = build_decoder(c.model, out_dim=self.patch_dim, kind="self")  # pixels of a patch
     self.con_head = ContrastHead(c.cmae.con_hidden, c.cmae.con_dim)
     self.pos_head = layers.dense(self.num_patches, "pos_head", jnp.float32)
     total = config.total_steps
@@ -109,29 +107,16 @@ class CMAE(GridMethod):
 
   def init(self, rng):
     k = jax.random.split(rng, 4)
-    enc = init_encoder(self.encoder, k[0], self.len_keep, self.patch_dim)
-    keep = jnp.arange(self.len_keep, dtype=jnp.int32)[None]
-    rest = jnp.arange(self.len_keep, self.num_patches, dtype=jnp.int32)[None]
-    latent = jnp.zeros((1, 1 + self.len_keep, self.width), jnp.float32)
-    return {"encoder": enc, "decoder": self.decoder.init(k[1], latent, keep, rest)["params"],
+    return {**self.init_autoencoder(k[0], k[1]),
             "con_head": self.con_head.init(k[2], jnp.zeros((1, self.width)))["params"],
             "pos_head": self.pos_head.init(k[3], jnp.zeros((1, self.width)))["params"]}, None
 
-  def update_targets(self, ema_params, params, step):
-    return ema_params
-
   # One view: MAE reconstruction ------------------------------------------------------------------
   def _view(self, params, images, shuffle, dropout_keys=None):
-    patches = views.patchify(images, self.patch_size, 0)
-    keep, removed = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
-    enc = run(self.encoder, params["encoder"], views.gather_tokens(patches, keep), keep, dropout_keys=dropout_keys)
-    out = run(self.decoder, params["decoder"], enc["encoded"], keep, removed, dropout_keys=dropout_keys)
-    ids_restore = jnp.argsort(shuffle, axis=1)
-    pred = views.gather_tokens(out, ids_restore)
-    mask = (ids_restore >= self.len_keep).astype(jnp.float32)
-    rec = losses.norm_pix_mse(pred, patches, mask, self.config.cmae.norm_pix_loss)
+    out = MAE.forward(self, params, images, shuffle, dropout_keys)
+    enc = out["encoder_out"]
     feat = enc["cls"] if self.config.cmae.con_feature == "cls" else enc["patches"].mean(axis=1)
-    return rec, feat, patches, keep
+    return out["loss"], feat, out["target_patches"], out["keep"]
 
   def forward(self, params, image1, image2, shuffle1, shuffle2, dropout_keys=(None, None)):
     k = self.config.cmae
@@ -159,9 +144,6 @@ class CMAE(GridMethod):
                        (dropout_keys_for(nets, k1, train), dropout_keys_for(nets, k2, train)))
     return out["loss"], {k: v for k, v in out.items()}
 
-  def encode(self, encoder_params, images, positions: str = "extrapolate"):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
-
   # ContrastiveCrop boxes: host state ---------------------------------------------------------------
   def host_state_init(self, num_examples: int) -> dict:
     boxes = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (num_examples, 1))
@@ -173,11 +155,12 @@ class CMAE(GridMethod):
     return (cc.enabled and step >= self.box_warmup and (step - self.box_warmup) % self.box_interval == 0
             and step < self.config.total_steps)
 
-  def crop_boxes(self, host_state):
-    """Boxes for the input pipeline, or None (plain RandomResizedCrop) before the first update."""
+  def pipeline_args(self, host_state) -> dict:
+    """ContrastiveCrop: the boxes and Beta(α, α) centres for the input pipeline once the first
+    boxes are computed; before that, plain RandomResizedCrop (no extra arguments)."""
     if host_state is None or not int(np.asarray(host_state["active"])):
-      return None
-    return np.asarray(host_state["boxes"], np.float32), float(self.config.cmae.ccrop.alpha)
+      return {}
+    return {"boxes": np.asarray(host_state["boxes"], np.float32), "alpha": float(self.config.cmae.ccrop.alpha)}
 
   def heatmap(self, encoder_params, images):
     """(B, g, g) token activation mass: L2 norm of last-block patch tokens, before the final LN."""
@@ -191,11 +174,9 @@ class CMAE(GridMethod):
     batches = data.eval_batches(source, info, image_size=self.eval_image_size,
                                 batch_size=self.config.cmae.ccrop.batch_size, resize="full",
                                 process_index=jax.process_index(), process_count=jax.process_count())
-    heat, _ = features.extract_fn(self.heatmap, params["encoder"], batches, mesh)
+    heat, _ = inference.extract_fn(self.heatmap, params["encoder"], batches, mesh)
     boxes = boxes_from_heatmaps(heat, self.eval_image_size, self.config.cmae.ccrop.box_thresh)
     return {"boxes": boxes, "active": np.ones((), np.int32)}
 
 
-def build(config, channels: int) -> CMAE:
-  validate(config)
-  return CMAE(config, channels)
+METHOD = CMAE

@@ -1,32 +1,8 @@
-"""Pieces several methods share: EMA updates, full-image encoding for probes, init helpers."""
+"""Pieces several methods share: EMA updates, full-image encoding for probes, init and dropout helpers."""
 import jax
 import jax.numpy as jnp
 
 from lmim import views
-from lmim.models import encoder_dims
-
-
-class GridMethod:
-  """What every method on a g×g patch grid without gap knows about its geometry (Latent MIM has
-  its own: gap jitter makes its training crops larger than its evaluation images)."""
-
-  def __init__(self, config, channels: int):
-    self.config, self.channels = config, channels
-    d = encoder_dims(config.model)
-    self.patch_size, self.width, self.grid_size = d["patch_size"], d["width"], config.model.grid_size
-    self.num_patches = self.grid_size ** 2
-
-  @property
-  def train_image_size(self) -> int:
-    return self.grid_size * self.patch_size
-
-  @property
-  def eval_image_size(self) -> int:
-    return self.grid_size * self.patch_size
-
-  @property
-  def patch_dim(self) -> int:
-    return self.patch_size ** 2 * self.channels
 
 
 def dropout_keys_for(networks, keys, train: bool):
@@ -68,8 +44,3 @@ def init_encoder(encoder, key, num_tokens: int, patch_dim: int):
   """Encoder parameters from a dummy input of `num_tokens` patches of `patch_dim` values."""
   ids = jnp.arange(num_tokens, dtype=jnp.int32)[None]
   return encoder.init(key, jnp.zeros((1, num_tokens, patch_dim), jnp.float32), ids)["params"]
-
-
-def split_by_ids(shuffle, num_first: int):
-  """A permutation (B, L) -> (first `num_first` ids, the rest), both in permutation order."""
-  return shuffle[:, :num_first], shuffle[:, num_first:]

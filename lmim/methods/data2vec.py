@@ -22,7 +22,8 @@ import ml_collections as mlc
 
 from lmim import losses, optim, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.common import GridMethod, dropout_keys_for, ema_update, encode_full_images, init_encoder, run
+from lmim.methods.base import GridMethod
+from lmim.methods.common import dropout_keys_for, init_encoder, run
 from lmim.models import build_encoder, encoder_dims, validate_model
 from lmim.models.layers import dense
 from lmim.models.vit import rescale_by_depth
@@ -84,9 +85,6 @@ class Data2Vec(GridMethod):
     d = self.config.data2vec
     return schedules.linear(step, total_steps=self.config.total_steps, start=d.momentum, end=d.momentum_end)
 
-  def update_targets(self, ema_params, params, step):
-    return ema_update(ema_params, params["encoder"], self.momentum(step))
-
   def forward(self, params, ema_params, images, mask, dropout_keys=None):
     d = self.config.data2vec
     patches = views.patchify(images, self.patch_size, 0)
@@ -108,10 +106,5 @@ class Data2Vec(GridMethod):
     return out["loss"], {"loss": out["loss"], "masked": mask.sum(axis=1).mean().astype(jnp.float32),
                          "sim_trg": losses.pairwise_sim(out["target"])}
 
-  def encode(self, encoder_params, images, positions: str = "extrapolate"):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
-
-def build(config, channels: int) -> Data2Vec:
-  validate(config)
-  return Data2Vec(config, channels)
+METHOD = Data2Vec

@@ -28,7 +28,8 @@ import numpy as np
 
 from lmim import losses, optim, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.common import GridMethod, ema_update, encode_full_images, init_encoder
+from lmim.methods.base import GridMethod
+from lmim.methods.common import init_encoder
 from lmim.models import build_decoder, build_encoder, validate_model
 
 SIZE_STREAM = 0x73697A65  # b"size": the per-step key of the block sizes
@@ -148,9 +149,6 @@ class IJEPA(GridMethod):
     j = self.config.ijepa
     return schedules.linear(step, total_steps=self.config.total_steps, start=j.momentum, end=j.momentum_end)
 
-  def update_targets(self, ema_params, params, step):
-    return ema_update(ema_params, params["encoder"], self.momentum(step))
-
   def block_sizes(self, step):
     """The step's target (h, w) and context (h, w): one draw each, shared by the whole batch (the
     collator's generator is seeded per batch), from a key that depends only on the run's seed and
@@ -199,10 +197,5 @@ class IJEPA(GridMethod):
                          "target": tgt_valid[:, 0].sum(1).mean().astype(jnp.float32),
                          "sim_trg": losses.pairwise_sim(out["target"])}
 
-  def encode(self, encoder_params, images, positions: str = "extrapolate"):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
-
-def build(config, channels: int) -> IJEPA:
-  validate(config)
-  return IJEPA(config, channels)
+METHOD = IJEPA

@@ -25,8 +25,9 @@ import ml_collections as mlc
 
 from lmim import losses, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.common import ema_update, encode_full_images, init_encoder
-from lmim.models import build_decoder, build_encoder, encoder_dims, validate_model
+from lmim.methods.base import GridMethod
+from lmim.methods.common import init_encoder
+from lmim.models import build_decoder, build_encoder, validate_model
 
 TARGET_MODES = ("ema", "shared_stopgrad", "joint", "independent")
 
@@ -100,16 +101,14 @@ def validate(config) -> None:
     raise ConfigError("targets.momentum", config.targets.momentum, "must be in [0, 1]")
 
 
-class LatentMIM:
+class LatentMIM(GridMethod):
   """Networks, schedules and loss of Latent MIM; a Python constant closed over by the jitted step."""
+  schedule_metrics = ("sim_target",)  # the Sim regulariser's target s_t
 
   def __init__(self, config, channels: int):
-    c = self.config = config
-    self.channels = channels
-    dims = encoder_dims(c.model)
-    self.patch_size, self.width = dims["patch_size"], dims["width"]
-    self.grid_size, self.gap = c.model.grid_size, c.views.patch_gap
-    self.num_patches = self.grid_size ** 2
+    super().__init__(config, channels)
+    c = config
+    self.gap = c.views.patch_gap
     self.num_vis = c.views.num_vis
     self.num_targets = self.num_patches - self.num_vis
     self.loss_name = canonical_loss(c.loss.name)
@@ -120,18 +119,15 @@ class LatentMIM:
   # Geometry ---------------------------------------------------------------------------------
   @property
   def train_image_size(self) -> int:
+    """Gap jitter: each cell of the training crop is p + gap px, one p-px patch drawn inside it."""
     return self.grid_size * (self.patch_size + self.gap)
-
-  @property
-  def eval_image_size(self) -> int:
-    return self.grid_size * self.patch_size
 
   # Parameters -------------------------------------------------------------------------------
   def init(self, rng):
     """(params, ema_params). With EMA targets, the target starts as an exact copy of the online
     encoder (docs/latent_mim.md §7); `independent` gives the target encoder its own initialisation."""
     k_enc, k_dec, k_trg = jax.random.split(rng, 3)
-    patch_dim = self.patch_size ** 2 * self.channels
+    patch_dim = self.patch_dim
     enc = init_encoder(self.encoder, k_enc, self.num_vis, patch_dim)
     ids = jnp.arange(self.num_vis, dtype=jnp.int32)[None]
     tgt = jnp.arange(self.num_vis, self.num_patches, dtype=jnp.int32)[None]
@@ -150,9 +146,12 @@ class LatentMIM:
     r = self.config.sim_reg
     return schedules.sim_target(step, total_steps=self.config.total_steps, start=r.start, end=r.end)
 
-  def update_targets(self, ema_params, params, step):
-    """θ_T ← m·θ_T + (1−m)·θ_O over the whole encoder, projector included (not the decoder)."""
-    return ema_update(ema_params, params["encoder"], self.momentum(step))
+  @property
+  def loss_group(self) -> int:
+    """The Sim regulariser averages over groups of `sim_reg.group_size` examples before squaring
+    (docs/latent_mim.md §9.4)."""
+    reg = self.config.sim_reg
+    return int(reg.get("group_size") or 1) if reg.coeff > 0 else 1
 
   # Forward ----------------------------------------------------------------------------------
   def target_params(self, params, ema_params):
@@ -230,11 +229,6 @@ class LatentMIM:
       metrics["huber_quadratic_frac"] = losses.huber_quadratic_fraction(out["x_pred"], out["x_trg"], self.huber_delta)
     return out["loss_total"], metrics
 
-  # Probing ----------------------------------------------------------------------------------
-  def encode(self, encoder_params, images, positions: str = "extrapolate"):
-    """Full images at gap 0 (the evaluation geometry) -> the encoder's named representations."""
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
-
 
 def normalized_std(z):
   """Per-dimension std of L2-normalised tokens over all tokens, times √D: ≈1 healthy, →0 collapsed."""
@@ -242,6 +236,4 @@ def normalized_std(z):
   return jnp.std(zn, axis=0).mean() * jnp.sqrt(z.shape[-1])
 
 
-def build(config, channels: int) -> LatentMIM:
-  validate(config)
-  return LatentMIM(config, channels)
+METHOD = LatentMIM

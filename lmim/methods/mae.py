@@ -15,7 +15,8 @@ import ml_collections as mlc
 
 from lmim import losses, optim, views
 from lmim.errors import ConfigError
-from lmim.methods.common import GridMethod, dropout_keys_for, encode_full_images, init_encoder, run
+from lmim.methods.base import GridMethod
+from lmim.methods.common import dropout_keys_for, init_encoder, run
 from lmim.models import build_decoder, build_encoder, validate_model
 
 
@@ -45,38 +46,41 @@ def validate(config) -> None:
 
 class MAE(GridMethod):
   decay_rule = staticmethod(mae_decay)
+  fields = "mae"  # the config block with mask_ratio and norm_pix_loss (CMAE reuses MAE with its own)
 
   def __init__(self, config, channels: int):
     super().__init__(config, channels)
-    c = config
-    self.len_keep = int(self.num_patches * (1 - c.mae.mask_ratio))
-    self.encoder = build_encoder(c.model, projector=False)
-    self.decoder = build_decoder(c.model, out_dim=self.patch_dim, kind="self")  # pixels of a patch
+    f = config[self.fields]
+    self.len_keep = int(self.num_patches * (1 - f.mask_ratio))
+    self.norm_pix_loss = f.norm_pix_loss
+    self.encoder = build_encoder(config.model, projector=False)
+    self.decoder = build_decoder(config.model, out_dim=self.patch_dim, kind="self")  # pixels of a patch
 
-  def init(self, rng):
-    k_enc, k_dec = jax.random.split(rng)
+  def init_autoencoder(self, k_enc, k_dec) -> dict:
+    """The encoder and pixel decoder parameters."""
     enc = init_encoder(self.encoder, k_enc, self.len_keep, self.patch_dim)
     keep = jnp.arange(self.len_keep, dtype=jnp.int32)[None]
     rest = jnp.arange(self.len_keep, self.num_patches, dtype=jnp.int32)[None]
     latent = jnp.zeros((1, 1 + self.len_keep, self.width), jnp.float32)
-    return {"encoder": enc, "decoder": self.decoder.init(k_dec, latent, keep, rest)["params"]}, None
+    return {"encoder": enc, "decoder": self.decoder.init(k_dec, latent, keep, rest)["params"]}
 
-  def update_targets(self, ema_params, params, step):
-    return ema_params  # no target network
+  def init(self, rng):
+    return self.init_autoencoder(*jax.random.split(rng)), None
 
   def forward(self, params, images, shuffle, dropout_keys=None):
     """All of MAE's intermediates for a given per-image shuffle (argsort of the noise)."""
     patches = views.patchify(images, self.patch_size, 0)                # (B, L, p·p·C)
     ids_restore = jnp.argsort(shuffle, axis=1)
     keep, removed = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
-    latent = run(self.encoder, params["encoder"], views.gather_tokens(patches, keep), keep,
-                 dropout_keys=dropout_keys)["encoded"]
+    encoded = run(self.encoder, params["encoder"], views.gather_tokens(patches, keep), keep,
+                  dropout_keys=dropout_keys)
+    latent = encoded["encoded"]
     out = run(self.decoder, params["decoder"], latent, keep, removed, dropout_keys=dropout_keys)  # [kept, removed]
     pred = views.gather_tokens(out, ids_restore)                        # back to grid order
     mask = (ids_restore >= self.len_keep).astype(jnp.float32)           # 1 = removed
-    loss = losses.norm_pix_mse(pred, patches, mask, self.config.mae.norm_pix_loss)
+    loss = losses.norm_pix_mse(pred, patches, mask, self.norm_pix_loss)
     return dict(latent=latent, mask=mask, ids_restore=ids_restore, pred=pred, target_patches=patches,
-                loss=loss)
+                loss=loss, encoder_out=encoded, keep=keep)
 
   def loss(self, params, ema_params, batch, keys, step, train: bool = True):
     shuffle = (jnp.argsort(batch["noise"], axis=1) if "noise" in batch
@@ -84,10 +88,5 @@ class MAE(GridMethod):
     out = self.forward(params, batch["image"], shuffle, dropout_keys_for((self.encoder, self.decoder), keys, train))
     return out["loss"], {"loss": out["loss"]}
 
-  def encode(self, encoder_params, images, positions: str = "extrapolate"):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
-
-def build(config, channels: int) -> MAE:
-  validate(config)
-  return MAE(config, channels)
+METHOD = MAE

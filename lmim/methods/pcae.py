@@ -23,7 +23,8 @@ import numpy as np
 
 from lmim import losses, optim, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.common import GridMethod, dropout_keys_for, ema_update, encode_full_images, init_encoder, run
+from lmim.methods.base import GridMethod
+from lmim.methods.common import dropout_keys_for, init_encoder, run
 from lmim.models import build_decoder, build_encoder, encoder_dims, validate_model
 
 DROP_CASES = (0, 1, 2, 3)
@@ -115,9 +116,6 @@ class PCAE(GridMethod):
   def momentum(self, step):
     return schedules.ema_momentum(step, total_steps=self.config.total_steps, base=self.config.pcae.momentum)
 
-  def update_targets(self, ema_params, params, step):
-    return ema_update(ema_params, params["encoder"], self.momentum(step))
-
   def forward(self, params, ema_params, images, shuffle, drop_key=None, dropout_keys=None):
     patches = views.patchify(images, self.patch_size, 0)
     visible, masked = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
@@ -141,10 +139,5 @@ class PCAE(GridMethod):
     return out["loss"], {"loss": out["loss"], "sim_pred": losses.pairwise_sim(out["pred"]),
                          "sim_trg": losses.pairwise_sim(out["target"])}
 
-  def encode(self, encoder_params, images, positions: str = "extrapolate"):
-    return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
 
-
-def build(config, channels: int) -> PCAE:
-  validate(config)
-  return PCAE(config, channels)
+METHOD = PCAE

@@ -30,7 +30,7 @@ class _Decoder(nn.Module):
   mlp_ratio: float = 4.0
   freeze_pe: bool = True
   posemb: str = "lmim"
-  remat: Any = "none"      # a policy of lmim.config_lib.REMAT_POLICIES
+  remat: Any = "none"      # lmim.models.layers.remat_policy
   dtype: Any = jnp.float32
   drop_path: float = 0.0   # stochastic depth of every block (constant: PCAE's decoder)
   init_style: str = "xavier"  # kernel initialiser, lmim.models.layers.KERNEL_INITS

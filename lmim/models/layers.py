@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmim import config_lib
+from lmim.errors import ConfigError
 
 Dtype = Any
 
@@ -38,7 +38,7 @@ TOKEN_INITS = {"xavier": nn.initializers.normal(0.02), "trunc_normal": nn.initia
 
 
 # model.remat -> what a rematerialised block keeps for the backward pass (None: nothing but its
-# inputs). Names match lmim.config_lib.REMAT_POLICIES.
+# inputs); 'none' runs the block as it is.
 REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -46,9 +46,20 @@ REMAT_POLICIES = {
 }
 
 
+def remat_policy(value) -> str:
+  """model.remat -> 'none' or a key of REMAT_POLICIES (True/False are accepted as 'full'/'none')."""
+  if value is True:
+    return "full"
+  if value is False or value is None:
+    return "none"
+  if value != "none" and value not in REMAT_POLICIES:
+    raise ConfigError("model.remat", value, f"one of {['none', *REMAT_POLICIES]} (or True/False)")
+  return value
+
+
 def remat(cls, policy, static_argnums=()):
   """`cls` rematerialised under a named policy; 'none' (or False) returns it unchanged."""
-  policy = config_lib.remat_policy(policy)
+  policy = remat_policy(policy)
   if policy == "none":
     return cls
   return nn.remat(cls, static_argnums=static_argnums, policy=REMAT_POLICIES[policy])

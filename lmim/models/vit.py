@@ -234,7 +234,7 @@ class Encoder(nn.Module):
   rel_pos_bias: bool = False  # one BEiT relative position bias shared by all blocks (data2vec)
   abs_pos: bool = True      # add the absolute sin-cos (or learned) position table
   init_style: str = "xavier"  # kernel initialiser, lmim.models.layers.KERNEL_INITS
-  remat: Any = "none"      # a policy of lmim.config_lib.REMAT_POLICIES
+  remat: Any = "none"      # lmim.models.layers.remat_policy
   scan_layers: bool = False  # blocks as one lax.scan over stacked weights ('blocks/...' [depth, ...])
   dtype: Any = jnp.float32
 
