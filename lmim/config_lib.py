@@ -13,7 +13,7 @@ import ml_collections as mlc
 from lmim.errors import ConfigArgumentError, ConfigError
 
 # Fields that may change when a run is resumed: they do not change what is being trained.
-RESUMABLE_FIELDS = ("log_every_steps", "checkpoint", "evals", "mesh", "fsdp_min_size_mb",
+RESUMABLE_FIELDS = ("log_every_steps", "profile_steps", "checkpoint", "evals", "mesh", "fsdp_min_size_mb",
                     "input.data_dir", "input.num_threads", "input.prefetch", "model.remat", "debug")
 # Rematerialisation policies (model.remat): what a block keeps from the forward pass for the
 # backward pass; everything else is recomputed. Numerics are unchanged (tests/test_scale.py).
@@ -88,6 +88,9 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
   c.fsdp_min_size_mb = 4.0     # parameters smaller than this stay replicated
 
   c.log_every_steps = 50
+  # 'a:b' writes a jax.profiler trace of steps a..b-1 (0-based) to <workdir>/profile, for
+  # TensorBoard's profile tab or Perfetto; None traces nothing.
+  c.profile_steps = mlc.FieldReference(None, field_type=str)
   c.checkpoint = mlc.ConfigDict(dict(
       every_steps=mlc.FieldReference(None, field_type=int),
       every_epochs=mlc.FieldReference(1.0, field_type=float),
@@ -178,6 +181,20 @@ def parse_arg(arg: str | None, choices: dict | None = None, **defaults) -> mlc.C
 
 # Durations ------------------------------------------------------------------------------------
 
+def profile_range(value) -> tuple[int, int] | None:
+  """profile_steps 'a:b' -> (a, b), the steps a..b-1 to trace; None -> None."""
+  if value is None:
+    return None
+  parts = str(value).split(":")
+  try:
+    a, b = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+  except ValueError:
+    a = b = None
+  if a is None or not 0 <= a < b:
+    raise ConfigError("profile_steps", value, "'a:b' with 0 <= a < b (trace steps a..b-1), or None")
+  return a, b
+
+
 def _steps(cfg, prefix: str, steps_per_epoch: float, required: bool) -> float | None:
   """Exactly one of `<prefix>_steps` / `<prefix>_epochs` may be set; returns steps (maybe fractional)."""
   steps, epochs = cfg.get(f"{prefix}_steps"), cfg.get(f"{prefix}_epochs")
@@ -244,6 +261,7 @@ def validate_run(config, num_devices: int) -> None:
     if not 0 <= config.optim[k] < 1:
       raise ConfigError(f"optim.{k}", config.optim[k], "must be in [0, 1)")
   layers.remat_policy(config.model.get("remat", "none"))
+  profile_range(config.get("profile_steps"))
   nan_at = config.get("debug", {}).get("nan_at_step")
   if nan_at is not None and nan_at < 1:
     raise ConfigError("debug.nan_at_step", nan_at, "a step >= 1 (the step whose loss becomes NaN) or None")

@@ -268,13 +268,15 @@ def _train(config, workdir: str, setup: Setup, stop_after_steps, command) -> dic
   if start_step == 0:
     results.update(_run_evals(evals, cfg, state, 0, writer, at_init=True))
   preemption = PreemptionWatch()
+  profile = Profile(config_lib.profile_range(cfg.get("profile_steps")), os.path.join(workdir, "profile"))
   try:
     state, results, stop = _loop(setup, ckpt, writer, evals, config, state, batches, first, host,
-                                 start_step, stop, results, compiled, preemption)
+                                 start_step, stop, results, compiled, preemption, profile)
     ckpt.close()  # waits for the last save; a failure to write it is reported like any other
   except (OSError, CheckpointWriteError) as e:  # a failing save or log write: what is intact
     raise _write_error(e, workdir, ckpt) from e
   finally:
+    profile.stop()
     preemption.restore()
     writer.close()
     if not ckpt.closed:  # leaving on an error: still let a save in flight (a good step) commit
@@ -288,7 +290,7 @@ def _train(config, workdir: str, setup: Setup, stop_after_steps, command) -> dic
 
 
 def _loop(setup, ckpt, writer, evals, config, state, batches, first, host, start_step, stop, results,
-          compiled, preemption):
+          compiled, preemption, profile):
   """The training loop proper; returns (state, eval results, the step it stopped at)."""
   cfg, method, mesh = setup.config, setup.method, setup.mesh
   total = cfg.total_steps
@@ -297,11 +299,13 @@ def _loop(setup, ckpt, writer, evals, config, state, batches, first, host, start
   for step in range(start_step, stop):
     if local is None:
       local = next(batches)
+    profile.before(step)
     batch = device_batch(setup, local)  # the one explicit host->device copy per step
     with jax.transfer_guard("disallow"):  # no implicit host<->device copies in the step
       state, metrics = compiled(state, batch, setup.step_key)
     local = None
     pending.append(metrics)
+    profile.after(step, metrics)
     done = step + 1
     # At most one step in flight ahead of the one the device is running: step `done` is queued
     # before we wait for the previous one, so the device never idles, yet the host never runs
@@ -346,6 +350,31 @@ def _loop(setup, ckpt, writer, evals, config, state, batches, first, host, start
       t_last = time.perf_counter()  # evals do not count against images/s
   ckpt.wait()
   return state, results, stop
+
+
+class Profile:
+  """`profile_steps='a:b'`: a jax.profiler trace of steps a..b-1 in `directory` (TensorBoard's
+  profile tab, or Perfetto). The trace stops once step b-1 has finished on the device."""
+
+  def __init__(self, steps: tuple[int, int] | None, directory: str):
+    self.steps, self.directory, self.running = steps, directory, False
+
+  def before(self, step: int):
+    if self.steps and step == self.steps[0]:
+      jax.profiler.start_trace(self.directory)
+      self.running = True
+      log.info("Profiling steps %d..%d into %s.", self.steps[0], self.steps[1] - 1, self.directory)
+
+  def after(self, step: int, outputs):
+    if self.running and step == self.steps[1] - 1:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self):
+    if self.running:
+      jax.profiler.stop_trace()
+      self.running = False
+      log.info("Wrote the profile to %s.", self.directory)
 
 
 # Faults --------------------------------------------------------------------------------------

@@ -71,3 +71,40 @@ def test_config_override_typo_fails_on_locked_config():
   cfg.lock()
   with pytest.raises(AttributeError):
     cfg.optim.blrr = 1e-3
+
+
+@pytest.mark.parametrize("value", ["3:1", "a:b", "5", "-1:2"])
+def test_bad_profile_steps_is_one_line(value):
+  with pytest.raises(ConfigError, match="profile_steps"):
+    train.prepare(tiny_config(**{"profile_steps": value}))
+
+
+def test_every_field_the_readme_config_table_names_exists():
+  """The README's config table and the code agree (it once documented `ema.momentum`)."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  table = readme[readme.index("| field | default (official) | meaning |"):]
+  table = table[:table.index("\n\n")]
+  names = []
+  for row in table.splitlines()[2:]:
+    for cell in re.findall(r"`([^`]+)`", row.split("|")[1]):
+      m = re.fullmatch(r"(.*)\{(.*)\}", cell)
+      names += [m[1] + part for part in m[2].split(",")] if m else [cell]
+  configs = [config_lib.base_config(m) for m in ("latent_mim", "mae", "cmae", "pcae", "data2vec", "ijepa")]
+  missing = []
+  for name in names:
+    if "<" in name or "*" in name:
+      continue  # patterns: evals.<name>, checkpoint.every_*
+    if not any(_has_field(c, name) for c in configs):
+      missing.append(name)
+  assert len(names) > 40 and not missing, missing
+
+
+def _has_field(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      return False
+    node = node[part]
+  return True

@@ -70,3 +70,12 @@ def test_resume_equals_uninterrupted_training(tmp_path):
   for a, b in zip(jax.tree.leaves(jax.device_get(full["state"].ema_params)),
                   jax.tree.leaves(jax.device_get(resumed["state"].ema_params))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
+  cfg = tiny_config(**{"profile_steps": "2:4"})
+  train.train(cfg, str(tmp_path))
+  traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  log = (tmp_path / "log.txt").read_text()
+  assert "Profiling steps 2..3" in log and "Wrote the profile" in log
