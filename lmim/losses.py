@@ -4,6 +4,7 @@ float32.
 All inputs are (B, Lt, D) latents in the projector's space: predictions from the decoder,
 targets from the (stop-gradient) target encoder.
 """
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +29,8 @@ def patch_disc(pred, target, tau: float):
   image's patches first; the cross entropy is scaled by 2τ.
       S[b,i,j] = <p̂_bi, t̂_bj> / τ,   L = 2τ · mean_{b,i} (logsumexp_j S[b,i,j] − S[b,i,i])
   """
+  chex.assert_rank(pred, 3)
+  chex.assert_equal_shape([pred, target])  # prediction i's positive is target i: same tokens
   p = l2_normalize(standardize_over_patches(pred.astype(jnp.float32)))
   t = l2_normalize(target.astype(jnp.float32))
   scores = jnp.einsum("bid,bjd->bij", p, t) / tau
@@ -38,6 +41,7 @@ def patch_disc(pred, target, tau: float):
 def norm_mse(pred, target):
   """Official `norm_l2` (docs/latent_mim.md §9.2): MSE to targets standardised per token
   (unbiased var + 1e-6)."""
+  chex.assert_equal_shape([pred, target])  # no silent broadcasting of a target
   t = target.astype(jnp.float32)
   t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(jnp.var(t, axis=-1, keepdims=True, ddof=1) + 1e-6)
   return jnp.mean(jnp.square(pred.astype(jnp.float32) - t))
@@ -70,6 +74,8 @@ def sim_regularizer(z, sim_target, group_size: int):
 
 def token_distances(pred, target):
   """Per-token squared L2 and L1 distances (B, Lt) between predictions and targets."""
+  chex.assert_rank(pred, 3)
+  chex.assert_equal_shape([pred, target])
   d = pred.astype(jnp.float32) - target.astype(jnp.float32)
   return jnp.sum(jnp.square(d), axis=-1), jnp.sum(jnp.abs(d), axis=-1)
 
@@ -129,6 +135,9 @@ def norm_pix_mse(pred, target_patches, removed, norm_pix: bool = True):
   pred, target_patches (B, L, p·p·C); removed (B, L) 1 where the patch was masked. The target
   standardisation uses the unbiased variance + 1e-6, as MAE (torch .var()).
   """
+  chex.assert_rank([pred, removed], [3, 2])
+  chex.assert_equal_shape([pred, target_patches])
+  chex.assert_equal_shape_prefix([pred, removed], 2)
   t = target_patches.astype(jnp.float32)
   if norm_pix:
     t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(jnp.var(t, axis=-1, keepdims=True, ddof=1) + 1e-6)
@@ -140,6 +149,8 @@ def info_nce(a, b, tau: float):
   """Symmetric InfoNCE between two batches of embeddings, MoCo v3's `ctr(q1, k2) + ctr(q2, k1)`:
   2τ·(CE(a·bᵀ/τ) + CE(b·aᵀ/τ)) with the positives on the diagonal and the rest of the batch as
   negatives (the 2τ factor keeps the gradient's magnitude independent of τ)."""
+  chex.assert_rank(a, 2)
+  chex.assert_equal_shape([a, b])  # row i of a and of b are the two views of example i
   a, b = l2_normalize(a.astype(jnp.float32)), l2_normalize(b.astype(jnp.float32))
   logits = a @ b.T / tau
   labels = jnp.arange(a.shape[0])

@@ -11,6 +11,7 @@ Every draw comes from a per-example key (see `example_keys`), so an example gets
 whatever the batch layout, device count or gradient-accumulation split. Offsets and shuffles can
 also be injected, which is how the official fixtures are reproduced exactly.
 """
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -55,6 +56,7 @@ def patchify(images, patch_size: int, gap: int = 0, offsets=None):
   Vector order is (row, col, channel), channel fastest; patch id = row·g + col (docs/latent_mim.md §4).
   `offsets` (B, g, g, 2) picks the p×p window inside each cell; ignored when gap == 0.
   """
+  chex.assert_rank(images, 4)
   b, h, w, c = images.shape
   cell = patch_size + gap
   if h % cell or w % cell:
@@ -62,6 +64,7 @@ def patchify(images, patch_size: int, gap: int = 0, offsets=None):
   gh, gw = h // cell, w // cell
   x = images.reshape(b, gh, cell, gw, cell, c).transpose(0, 1, 3, 2, 4, 5)  # (B, gh, gw, cell, cell, C)
   if gap > 0:
+    chex.assert_shape(offsets, (b, gh, gw, 2))
     ar = jnp.arange(patch_size)
     rows = offsets[..., 0, None] + ar                                   # (B, gh, gw, p)
     x = jnp.take_along_axis(x, rows[..., :, None, None], axis=3)      # (B, gh, gw, p, cell, C)
@@ -72,6 +75,8 @@ def patchify(images, patch_size: int, gap: int = 0, offsets=None):
 
 def gather_tokens(x, idx):
   """x (B, L, D), idx (B, K) -> (B, K, D)."""
+  chex.assert_rank([x, idx], [3, 2])
+  chex.assert_equal_shape_prefix([x, idx], 1)
   return jnp.take_along_axis(x, idx[..., None], axis=1)
 
 

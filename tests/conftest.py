@@ -1,4 +1,5 @@
-"""Test session setup: 8 virtual CPU devices (before any backend use) and fixture locations."""
+"""Test session setup: 8 virtual CPU devices (before any backend use), the compile cache, the
+repository root and a free port; shared helpers are in tests/helpers/ (on the path via pytest.ini)."""
 import os
 import pathlib
 import socket
@@ -12,8 +13,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Golden outputs of the official implementations, held in the repository (tests/fixtures/README.md).
-FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def free_port() -> int:

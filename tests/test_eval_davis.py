@@ -270,7 +270,7 @@ def tiny():
 
 def context(method, devices=None, name="davis"):
   mesh = lmim.sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)), devices or jax.devices()[:1])
-  return lmim.evaluators.Context(method=method, mesh=mesh, name=name)
+  return lmim.evaluators.context(method, mesh, name)
 
 
 def synthetic_video(seed, n=5, shape=(20, 30)):

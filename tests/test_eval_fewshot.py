@@ -34,7 +34,7 @@ def tiny():
 
 def context(method, name="fs", devices=None):
   mesh = lmim.sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)), devices or jax.devices()[:1])
-  return lmim.evaluators.Context(method=method, mesh=mesh, name=name)
+  return lmim.evaluators.context(method, mesh, name)
 
 
 # Sampler -------------------------------------------------------------------------------------------

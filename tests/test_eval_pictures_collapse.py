@@ -39,7 +39,7 @@ def mesh_of(devices):
 
 
 def context(method, name, workdir=None, writer=None, devices=None, step=0):
-  return lmim.evaluators.Context(method=method, mesh=mesh_of(devices or jax.devices()[:1]), name=name,
+  return lmim.evaluators.context(method, mesh_of(devices or jax.devices()[:1]), name,
                                  workdir=workdir, writer=writer, step=step)
 
 

@@ -1,5 +1,5 @@
 """Never lose work: preemption, kill -9 (also mid-save), corrupt checkpoints, NaN stops, unwritable
-or full workdirs, and resuming on another device count. Subprocess runs use tests/fault_worker.py,
+or full workdirs, and resuming on another device count. Subprocess runs use tests/helpers/fault_worker.py,
 which trains tests/tiny.py's model with the same devices and compile options as this process, so
 "bitwise identical" compares like with like."""
 import os
@@ -19,7 +19,7 @@ from lmim import train
 from lmim.checkpoint import Checkpointer
 from lmim.errors import NonFiniteError, WorkdirError
 
-WORKER = [sys.executable, str(ROOT / "tests" / "fault_worker.py")]
+WORKER = [sys.executable, str(ROOT / "tests" / "helpers" / "fault_worker.py")]
 STEPS = 12
 
 

@@ -31,7 +31,7 @@ def env():
 def local(workdir, *extra, processes=2, devices=4, **popen):
   cmd = ["bash", str(ROOT / "launch" / "local.sh"), "--processes", str(processes), "--devices", str(devices),
          "--logs", str(workdir) + "_logs", "--", sys.executable, "-m", "lmim.train",
-         "--config", str(ROOT / "tests" / "tiny_cli_config.py"), "--workdir", str(workdir), *OVERRIDES, *extra]
+         "--config", str(ROOT / "tests" / "helpers" / "tiny_cli_config.py"), "--workdir", str(workdir), *OVERRIDES, *extra]
   return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True, **popen)
 
@@ -118,7 +118,7 @@ def test_preflight_accepts_a_shared_workdir_and_refuses_host_local_ones(tmp_path
 
 
 def test_incomplete_multihost_settings_are_one_line(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "lmim.train", "--config", str(ROOT / "tests" / "tiny_cli_config.py"),
+  out = subprocess.run([sys.executable, "-m", "lmim.train", "--config", str(ROOT / "tests" / "helpers" / "tiny_cli_config.py"),
                         "--workdir", str(tmp_path), "--num_processes=2"], cwd=ROOT, env=env(),
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 2
@@ -173,7 +173,7 @@ def test_two_processes_evaluate_like_one(tmp_path, one):
   one_dir, _ = one
   wd = tmp_path / "wd"
   shutil.copytree(one_dir / "checkpoints", wd / "checkpoints")
-  spec = str(ROOT / "tests" / "multihost_eval_config.py")
+  spec = str(ROOT / "tests" / "helpers" / "multihost_eval_config.py")
   cfg, _ = cli.load_config(spec)
   ref = evaluate.evaluate(cfg, str(wd), results_name="one")["metrics"]
   pictures = {p.name: np.asarray(Image.open(p)) for p in (wd / "eval" / "pictures").glob("*.png")}

@@ -92,7 +92,7 @@ def test_huber_row_differs_from_l1_and_uses_both_branches_on_real_latents(huber_
   local = next(train.train_batches(setup, 0))
   images = jnp.asarray(local["image"][0])
   keys = views.example_keys(jax.random.key(7), jnp.arange(images.shape[0]))
-  shuffle, offsets = views.draw_views(keys, grid_size=m.grid_size, gap=m.gap)
+  shuffle, offsets = views.draw_views(keys, grid_size=m.grid_size, gap=m.patch_gap)
   out = m.forward(jax.device_get(state.params), jax.device_get(state.ema_params), images, shuffle, offsets, 0.5)
   pred, target = out["x_pred"], out["x_trg"]
   delta = m.huber_delta

@@ -13,7 +13,7 @@ from conftest import ROOT
 from lmim import cli, study
 from lmim.errors import ConfigError
 
-SPEC = str(ROOT / "tests" / "studies" / "tiny_study.py")
+SPEC = str(ROOT / "tests" / "helpers" / "tiny_study.py")
 
 
 @pytest.fixture(scope="module")

@@ -73,3 +73,16 @@ def test_patchify_with_gap_picks_the_offset_window():
 def test_patchify_rejects_a_size_that_is_not_a_grid():
   with pytest.raises(ValueError, match="not a grid"):
     views.patchify(jnp.zeros((1, 30, 30, 3)), 16, 4)
+
+
+def test_shape_mismatches_at_the_boundaries_are_errors_not_wrong_numbers():
+  """Without the checks, PatchDisc with 5 predictions and 4 targets returns a number (the
+  diagonal of a 5×4 score matrix) and a (1, K) index broadcasts over the batch."""
+  from lmim import losses  # pylint: disable=import-outside-toplevel
+  z = jnp.ones((2, 5, 8))
+  with pytest.raises(AssertionError, match=r"\(2, 5, 8\).*\(2, 4, 8\)|\(2, 4, 8\).*\(2, 5, 8\)"):
+    losses.patch_disc(z, z[:, :4], 0.2)
+  with pytest.raises(AssertionError):
+    losses.norm_pix_mse(z, z, jnp.ones((2, 4)))
+  with pytest.raises(AssertionError):
+    views.gather_tokens(z, jnp.zeros((1, 3), jnp.int32))

@@ -11,9 +11,10 @@
                                                       `encoder` field); an evaluator that compares
                                                       online and target weights names both
 
-`ctx` (Context) carries what evaluators share: the method (networks, geometry), the mesh, the
-workdir and a metric writer (pictures write PNGs and TensorBoard images there), the evaluator's
-own name. The trainer runs evaluators at `every_steps` / `every_epochs`, at the start when
+`ctx` (Context) carries what evaluators share: the encoder they probe (an encoder view: encode
+function, patch size, evaluation size, channels, depth — never the method object), the method's
+loss view for diagnostics that re-run the training loss (collapse), the mesh, the workdir and a
+metric writer (pictures write PNGs and TensorBoard images there), the evaluator's own name. The trainer runs evaluators at `every_steps` / `every_epochs`, at the start when
 `at_init` is set, and at the end; `python -m lmim.evaluate` runs them standalone on a checkpoint.
 """
 import dataclasses
@@ -30,12 +31,19 @@ EVALUATORS = ("nn_loo", "knn", "linear_probe", "finetune", "fewshot", "davis", "
 
 @dataclasses.dataclass
 class Context:
-  method: Any
+  encoder: Any                # lmim.methods.base.EncoderView
+  losses: Any                 # lmim.methods.base.LossView
   mesh: Any
   name: str = "eval"
   workdir: str | None = None
   writer: Any = None          # lmim.metrics_writer.MetricWriter (images, scalars) or None
   step: int = 0
+
+
+def context(method, mesh, name: str = "eval", workdir=None, writer=None) -> Context:
+  """The context of an evaluator of `method`'s encoder: the method's views, not the method."""
+  return Context(encoder=method.encoder_view, losses=method.loss_view, mesh=mesh, name=name, workdir=workdir,
+                 writer=writer)
 
 
 def module_for(name: str, eval_cfg):
@@ -71,7 +79,7 @@ def check_fields(name: str, eval_cfg):
 def from_config(name: str, eval_cfg, *, method, mesh, workdir=None, writer=None):
   module = check_fields(name, eval_cfg)
   fields = fields_of(eval_cfg)
-  ctx = Context(method=method, mesh=mesh, name=name, workdir=workdir, writer=writer)
+  ctx = context(method, mesh, name, workdir, writer)
   return module.Evaluator(ctx, **fields)
 
 

@@ -127,13 +127,13 @@ def spread_indices(num_examples: int, count: int | None) -> tuple:
 
 
 @functools.lru_cache(maxsize=16)
-def _stats_fn(method, feature: str):
+def _stats_fn(encoder, feature: str):
   """fn(encoder params, images) -> (B, 4 + D) float32, one row per image:
   [Sim, off-diagonal Sim] of the projected patch tokens, the same of the final-LN patch tokens,
   then the pooled `feature`. Packed into one array so one encoder pass, sharded by
   `lmim.inference.extract_fn`, yields everything; only O(B·D) leaves the device."""
   def fn(params, images):
-    reps = method.encode(params, images)
+    reps = encoder.encode(params, images)
     prefix = 1 if "cls" in reps else 0
     projected = reps["projected"][:, prefix:]
     columns = [*sim_per_image(projected), *sim_per_image(reps["patches"])]
@@ -143,16 +143,16 @@ def _stats_fn(method, feature: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _method_sims_fn(method, mesh, names: tuple):
+def _method_sims_fn(losses_view, mesh, names: tuple):
   """jit(fn(params, ema_params, images, index, seed, step) -> {name: scalar}): the method's own
   loss on a batch, its views drawn from per-example keys fold_in(key(seed), example index), so
   each image gets the same views whatever the batch layout or device count."""
-  keys_of_views = lmim_data.image_keys(method.num_views)
+  keys_of_views = lmim_data.image_keys(losses_view.num_views)
 
   def fn(params, ema_params, images, index, seed, step):
     batch = {k: images for k in keys_of_views}
     keys = views.example_keys(jax.random.key(seed), index)
-    _, metrics = method.loss(params, ema_params, batch, keys, step, train=False)  # no dropout
+    _, metrics = losses_view.loss(params, ema_params, batch, keys, step, train=False)  # no dropout
     return {k: metrics[k].astype(jnp.float32) for k in names}
   return jax.jit(fn, out_shardings=sharding.replicated(mesh))
 
@@ -193,7 +193,7 @@ class Evaluator:
     source, self.info = common.open_split(ctx, data, split, data_dir, mean, std, classes)
     self.source = IndexedSubset(source, spread_indices(len(source), max_images))
     # What the method's loss needs from a state (shapes only; nothing is initialised).
-    params, ema = jax.eval_shape(ctx.method.init, jax.random.key(0))
+    params, ema = jax.eval_shape(ctx.losses.init, jax.random.key(0))
     self._loss_param_keys, self._loss_needs_ema = frozenset(params), ema is not None
     self._reported = None  # the method's Sim names, found on the first run
 
@@ -204,7 +204,7 @@ class Evaluator:
 
   def _encoder_stats(self, params, tag: str):
     """Sims and spread of one encoder -> {metric: value}."""
-    fn = _stats_fn(self.ctx.method, self.spec.feature)
+    fn = _stats_fn(self.ctx.encoder, self.spec.feature)
     batches = self._batches(self.source, self.spec.image_size, self.spec.batch_size)
     packed, _ = inference.extract_fn(fn, params, batches, self.ctx.mesh)
     sims = np.asarray(packed[:, :len(_SIM_COLUMNS)], np.float64).mean(axis=0)
@@ -219,7 +219,7 @@ class Evaluator:
 
   def _reported_sims(self, state, batch_size: int, size: int) -> tuple:
     """The sim_* metrics `method.loss` returns, from its shapes alone (no compile, no compute)."""
-    method = self.ctx.method
+    method = self.ctx.losses
     images = jax.ShapeDtypeStruct((batch_size, size, size, self.info.channels), jnp.float32)
     batch = {k: images for k in lmim_data.image_keys(method.num_views)}
     keys = jax.eval_shape(lambda: views.example_keys(jax.random.key(0), jnp.arange(batch_size)))
@@ -233,7 +233,7 @@ class Evaluator:
     Skipped (with a log line) when the state lacks weights the loss needs (an encoder-only
     checkpoint, or an EMA the harness did not restore) or no batch of whole loss groups fits.
     """
-    method, mesh = self.ctx.method, self.ctx.mesh
+    method, mesh = self.ctx.losses, self.ctx.mesh
     missing = sorted(self._loss_param_keys - set(state.params or {}))
     if missing or (self._loss_needs_ema and state.ema_params is None):
       log.info("%s: no method Sims: the state lacks %s", self.prefix, missing or ["ema_params"])

@@ -4,7 +4,7 @@ Every probe choice that decides whether a number is comparable to a published on
 (docs/methods.md §4.0), validated here with one-line errors:
   encoder     'online' (the trained encoder) or 'ema' (the momentum target, where one exists)
   feature     see lmim.evaluators.features.FEATURES (official NN feature, CLS, pooled, block k)
-  image_size  evaluation resolution (default: the method's g·p); any multiple of the patch size,
+  image_size  evaluation resolution (default: the encoder's g·p); any multiple of the patch size,
               position embeddings follow the grid
   resize      'center_crop' (Resize(size/0.875) + CenterCrop) or 'full' (squash)
 """
@@ -33,11 +33,11 @@ def encoder_params(state, which: str, field: str = "encoder"):
   return state.params["encoder"]
 
 
-def check_image_size(method, image_size, field: str) -> int:
-  size = int(image_size or method.eval_image_size)
-  if size < method.patch_size or size % method.patch_size:
-    raise ConfigError(field, size, f"a multiple of the patch size {method.patch_size} "
-                      f"(e.g. {method.eval_image_size})")
+def check_image_size(encoder, image_size, field: str) -> int:
+  size = int(image_size or encoder.eval_image_size)
+  if size < encoder.patch_size or size % encoder.patch_size:
+    raise ConfigError(field, size, f"a multiple of the patch size {encoder.patch_size} "
+                      f"(e.g. {encoder.eval_image_size})")
   return size
 
 
@@ -55,8 +55,8 @@ class FeatureSpec:
       raise ConfigError(f"{prefix}.batch_size", batch_size, "must be >= 1")
     self.ctx, self.encoder, self.resize, self.batch_size = ctx, encoder, resize, int(batch_size)
     self.feature = feats_lib.check_feature(feature, field=f"{prefix}.feature",
-                                           depth=getattr(ctx.method.encoder, "depth", None))
-    self.image_size = check_image_size(ctx.method, image_size, f"{prefix}.image_size")
+                                           depth=ctx.encoder.depth)
+    self.image_size = check_image_size(ctx.encoder, image_size, f"{prefix}.image_size")
     self.prefix = prefix
 
   def params(self, state):
@@ -68,7 +68,7 @@ class FeatureSpec:
                                      resize=self.resize, process_index=jax.process_index(),
                                      process_count=jax.process_count())
     t0 = time.perf_counter()
-    f, y = feats_lib.extract(self.ctx.method, self.params(state), batches, self.ctx.mesh,
+    f, y = feats_lib.extract(self.ctx.encoder, self.params(state), batches, self.ctx.mesh,
                              feature or self.feature)
     seconds = max(time.perf_counter() - t0, 1e-9)
     (log or logging.getLogger("lmim").info)(

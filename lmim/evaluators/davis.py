@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from lmim import sharding
+from lmim import inference, sharding
 from lmim.data import sources
 from lmim.errors import ConfigError
 from lmim.evaluators import common, davis_metrics, features as feats_lib
@@ -110,13 +110,13 @@ def resize_nearest(index_map, height: int, width: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def frame_feature_fn(method, feature: str, size: tuple, mean: tuple, std: tuple, positions: str = "interpolate"):
+def frame_feature_fn(encoder, feature: str, size: tuple, mean: tuple, std: tuple, positions: str = "interpolate"):
   """fn(params, frames (B, H, W, 3) uint8 as float) -> L2-normalised patch features (B, h·w, D)."""
   def fn(params, frames):
     x = jax.image.resize(frames.astype(jnp.float32), (frames.shape[0], *size, 3), "bilinear", antialias=False)
     x = jnp.clip(jnp.round(x), 0, 255) / 255.0
     x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-    f = feats_lib.select(method.encode(params, x, positions=positions), feature).astype(jnp.float32)
+    f = feats_lib.select(encoder.encode(params, x, positions=positions), feature).astype(jnp.float32)
     return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
   return fn
 
@@ -250,8 +250,7 @@ class Evaluator:
                temperature: float = 0.1, chunk: int | None = 8, batch_size: int = 16, mean=MEAN, std=STD,
                max_videos: int | None = None, positions: str = "interpolate"):
     prefix = f"evals.{ctx.name}"
-    method = ctx.method
-    p = method.patch_size
+    p = ctx.encoder.patch_size
     if encoder not in common.ENCODERS:
       raise ConfigError(f"{prefix}.encoder", encoder, "'online' or 'ema'")
     feature = feats_lib.check_feature(feature, field=f"{prefix}.feature")
@@ -276,7 +275,7 @@ class Evaluator:
     if positions not in POSITIONS:
       raise ConfigError(f"{prefix}.positions", positions, f"one of {list(POSITIONS)} (DINO: interpolate)")
     self.positions = positions
-    channels = getattr(method, "channels", 3)
+    channels = ctx.encoder.channels
     if channels != 3:
       raise ConfigError(f"{prefix}.data", data, f"DAVIS frames are RGB; this encoder takes {channels}-channel images")
     self.ctx, self.prefix, self.encoder, self.feature = ctx, prefix, encoder, feature
@@ -289,7 +288,7 @@ class Evaluator:
     """Feature blocks (n, h·w, D) of a video's frames, `batch_size` frames at a time, sharded
     over the mesh (replicated outputs, left on the device)."""
     mesh = self.ctx.mesh
-    fn = feats_lib.jitted(frame_feature_fn(self.ctx.method, self.feature, size, self.mean, self.std,
+    fn = inference.jitted(frame_feature_fn(self.ctx.encoder, self.feature, size, self.mean, self.std,
                                            self.positions), mesh)
     step = -(-self.batch_size // mesh.size) * mesh.size
     pc, pi = jax.process_count(), jax.process_index()
@@ -303,7 +302,7 @@ class Evaluator:
 
   def evaluate_video(self, params, frames, segs):
     """-> (J (num_objects, N-2), F (num_objects, N-2)) of one video, in [0, 1]."""
-    p = self.ctx.method.patch_size
+    p = self.ctx.encoder.patch_size
     n, height, width = segs.shape
     gt0 = np.where(segs[0] == 255, 0, segs[0])
     num_objects = int(gt0.max())

@@ -67,22 +67,23 @@ def pixels(params, images):
 
 
 @functools.lru_cache(maxsize=16)
-def feature_fn(method, feature: str):
+def feature_fn(encoder, feature: str):
+  """fn(params, images) -> the feature (B, ...) float32, for an encoder view."""
   if feature == "pixels":
     return pixels
 
   def fn(params, images):
-    return select(method.encode(params, images), feature).astype(jnp.float32)
+    return select(encoder.encode(params, images), feature).astype(jnp.float32)
   return fn
 
 
-def extract(method, encoder_params, batches, mesh, feature: str = "pooled_pre_norm"):
+def extract(encoder, encoder_params, batches, mesh, feature: str = "pooled_pre_norm"):
   """Run the encoder over an eval stream -> (features (N, D) float32, labels (N,)) on the host.
 
   `batches` yields process-local {'image', 'label', 'mask'}; padded rows (mask False) are
   dropped, so every process can run the same number of steps on a padded stream.
   """
-  out, labels = extract_fn(feature_fn(method, check_feature(feature)), encoder_params, batches, mesh)
+  out, labels = extract_fn(feature_fn(encoder, check_feature(feature)), encoder_params, batches, mesh)
   if feature == "pixels":  # centred over the split, so cosine similarity compares deviations
     out = out - out.mean(axis=0, keepdims=True)
   return out, labels

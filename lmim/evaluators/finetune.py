@@ -143,12 +143,11 @@ class Evaluator:
 
   # Model -----------------------------------------------------------------------------------------
   def _networks(self):
-    method = self.ctx.method
-    encoder = method.encoder.clone(projector_depth=0, drop_path=self.cfg["drop_path"])
+    encoder = self.ctx.encoder.module.clone(projector_depth=0, drop_path=self.cfg["drop_path"])
     return encoder, Head(self.train_info.num_classes)
 
   def _logits(self, encoder, head, params, images, key=None):
-    patch = self.ctx.method.patch_size
+    patch = self.ctx.encoder.patch_size
     h, w = images.shape[1] // patch, images.shape[2] // patch
     patches = views.patchify(images, patch, 0)
     ids = jnp.broadcast_to(jnp.arange(patches.shape[1], dtype=jnp.int32), patches.shape[:2])

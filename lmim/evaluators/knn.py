@@ -219,7 +219,7 @@ class Evaluator:
                                      batch_size=spec.batch_size, resize=spec.resize,
                                      process_index=jax.process_index(), process_count=jax.process_count())
     t0 = time.perf_counter()
-    bank = ShardedBank.build(feats_lib.feature_fn(ctx.method, spec.feature), spec.params(state), batches,
+    bank = ShardedBank.build(feats_lib.feature_fn(ctx.encoder, spec.feature), spec.params(state), batches,
                              lmim_data.num_eval_batches(len(self.bank_src), spec.batch_size, jax.process_count()),
                              ctx.mesh)
     if spec.feature == "pixels":

@@ -167,8 +167,8 @@ class Evaluator:
         idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
         yield jnp.asarray(x[idx]), jnp.asarray(y[idx])
       return
-    method, mesh = self.ctx.method, self.ctx.mesh
-    encode = feats_lib.jitted(feats_lib.feature_fn(method, self.spec.feature), mesh)
+    mesh = self.ctx.mesh
+    encode = inference.jitted(feats_lib.feature_fn(self.ctx.encoder, self.spec.feature), mesh)
     micro = micro_batch(batch, self.encode_batch_size, mesh.size, jax.process_count())
     # The stream is read `micro` images at a time: one step's images are never all on the host.
     stream = lmim_data.train_batches(

@@ -207,22 +207,22 @@ class Evaluator:
 
   def run(self, state):
     t0 = time.perf_counter()
-    method, spec = self.ctx.method, self.spec
+    encoder, spec = self.ctx.encoder, self.spec
     patches, labels = spec.extract(state, IndexedSubset(self.source, tuple(self.shown)), self.info)
     bank, bank_labels = spec.extract(state, IndexedSubset(self.source, tuple(self.bank)), self.info,
                                      feature=PATCH_FEATURES[spec.feature])
-    grid = (spec.image_size // method.patch_size,) * 2
+    grid = (spec.image_size // encoder.patch_size,) * 2
     scale = tile_scale(spec.image_size)
     inputs = [self._display(i) for i in self.shown]
     metrics, pictures = {}, {}
 
     rgb, metrics["pca_explained_variance"] = pca_rgb(patches)
-    maps = [to_uint8(patch_map(v, grid, method.patch_size)) for v in rgb]
+    maps = [to_uint8(patch_map(v, grid, encoder.patch_size)) for v in rgb]
     pictures["pca"] = compose([inputs, maps], scale)
 
     segments = [cluster_patches(f, self.n_clusters) for f in patches]
     metrics["cluster_entropy"] = float(np.mean([size_entropy(s, self.n_clusters) for s in segments]))
-    seg_maps = [patch_map(PALETTE[s], grid, method.patch_size) for s in segments]
+    seg_maps = [patch_map(PALETTE[s], grid, encoder.patch_size) for s in segments]
     pictures["clusters"] = compose([inputs, seg_maps], scale)
 
     # The pooled feature of a shown image is the mean of its patch features (features.select).

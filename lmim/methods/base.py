@@ -21,9 +21,13 @@ A method implements `init` and `loss` and sets `encoder`; everything else has a 
                                            numpy state refreshed on the host on a schedule and
                                            checkpointed (CMAE's ContrastiveCrop boxes)
   health_warnings(summary, step) -> [str]  run-health checks on the logged metrics (collapse)
+  encoder_view / loss_view                 what evaluators see: the encoder (encode, geometry) and,
+                                           for diagnostics that re-run the loss, the loss
 """
 import abc
-from typing import Any, ClassVar
+import dataclasses
+import functools
+from typing import Any, Callable, ClassVar
 
 import jax
 
@@ -33,6 +37,29 @@ from lmim.models import encoder_dims
 
 # Target tokens whose mean pairwise cosine exceeds this are collapsing (docs/latent_mim.md §9).
 COLLAPSE_SIM = 0.95
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncoderView:
+  """What a probe may know of a method: its encoder (big_vision hands evaluators a predict_fn).
+  One object per method (identity-hashed), so compilations keyed on it are reused."""
+  encode: Callable          # (encoder_params, images, positions='extrapolate') -> named representations
+  module: Any               # the flax encoder (fine-tuning clones it with its own drop path)
+  patch_size: int
+  eval_image_size: int
+  channels: int
+  depth: int | None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LossView:
+  """What a diagnostic that re-runs the training loss on evaluation images needs (the collapse
+  evaluator's method Sims): the loss and init functions and the geometry of a training batch."""
+  loss: Callable            # (params, ema_params, batch, keys, step, train) -> (loss, metrics)
+  init: Callable            # rng -> (params, ema_params)
+  num_views: int
+  loss_group: int
+  train_image_size: int
 
 
 class Method(abc.ABC):
@@ -86,6 +113,15 @@ class Method(abc.ABC):
   def encode(self, encoder_params, images, positions: str = "extrapolate") -> dict:
     """Full images at gap 0 (the evaluation geometry) -> the encoder's named representations."""
     return encode_full_images(self.encoder, encoder_params, images, self.patch_size, positions)
+
+  @functools.cached_property
+  def encoder_view(self) -> EncoderView:
+    return EncoderView(self.encode, self.encoder, self.patch_size, self.eval_image_size, self.channels,
+                       getattr(self.encoder, "depth", None))
+
+  @functools.cached_property
+  def loss_view(self) -> LossView:
+    return LossView(self.loss, self.init, self.num_views, self.loss_group, self.train_image_size)
 
   # Input pipeline and host state --------------------------------------------------------------
   def pipeline_args(self, host_state) -> dict:

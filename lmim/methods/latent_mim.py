@@ -108,7 +108,7 @@ class LatentMIM(GridMethod):
   def __init__(self, config, channels: int):
     super().__init__(config, channels)
     c = config
-    self.gap = c.views.patch_gap
+    self.patch_gap = c.views.patch_gap
     self.num_vis = c.views.num_vis
     self.num_targets = self.num_patches - self.num_vis
     self.loss_name = canonical_loss(c.loss.name)
@@ -120,7 +120,7 @@ class LatentMIM(GridMethod):
   @property
   def train_image_size(self) -> int:
     """Gap jitter: each cell of the training crop is p + gap px, one p-px patch drawn inside it."""
-    return self.grid_size * (self.patch_size + self.gap)
+    return self.grid_size * (self.patch_size + self.patch_gap)
 
   # Parameters -------------------------------------------------------------------------------
   def init(self, rng):
@@ -184,18 +184,19 @@ class LatentMIM(GridMethod):
   def forward(self, params, ema_params, images, shuffle, offsets, sim_target, dropout_keys=None):
     """Every intermediate of the official forward (the parity checkpoints of docs/latent_mim.md §14).
     `dropout_keys` (B,) turns on the online encoder's configured drop path / dropout (model.*)."""
-    patches = views.patchify(images, self.patch_size, self.gap, offsets)
-    vis_idx, mask_idx = shuffle[:, :self.num_vis], shuffle[:, self.num_vis:]
-    trg_idx = mask_idx if self.config.views.mask_target else shuffle
+    patches = views.patchify(images, self.patch_size, self.patch_gap, offsets)
+    visible_idx, target_idx = shuffle[:, :self.num_vis], shuffle[:, self.num_vis:]
+    # What the target encoder sees: the targets only, or every patch (targets last).
+    encoded_idx = target_idx if self.config.views.mask_target else shuffle
     trg_params, trg_grad = self.target_params(params, ema_params)
-    target_out = self.encoder.apply({"params": trg_params}, views.gather_tokens(patches, trg_idx),
-                                    trg_idx)["projected"]
+    target_out = self.encoder.apply({"params": trg_params}, views.gather_tokens(patches, encoded_idx),
+                                    encoded_idx)["projected"]
     z_trg = target_out[:, -self.num_targets:]
     if not trg_grad:
       z_trg = jax.lax.stop_gradient(z_trg)
-    z_vis = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, vis_idx),
-                               vis_idx, deterministic=dropout_keys is None, dropout_keys=dropout_keys)["projected"]
-    pred, inter = self.decoder.apply({"params": params["decoder"]}, z_vis, vis_idx, mask_idx,
+    z_vis = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, visible_idx),
+                               visible_idx, deterministic=dropout_keys is None, dropout_keys=dropout_keys)["projected"]
+    pred, inter = self.decoder.apply({"params": params["decoder"]}, z_vis, visible_idx, target_idx,
                                      mutable=["intermediates"])
     z_pred = pred[:, -self.num_targets:]  # cross decoder: CLS first; self decoder: visible first
     loss_main = self.reconstruction_loss(z_pred, z_trg)
@@ -205,7 +206,8 @@ class LatentMIM(GridMethod):
       loss = loss + coeff * (losses.sim_regularizer(z_pred, sim_target, group)
                              + losses.sim_regularizer(z_vis[:, 1:], sim_target, group))
     queries = inter.get("intermediates", {}).get("queries", (None,))[0]
-    return dict(patch_pix=patches, vis_idx=vis_idx, mask_idx=mask_idx, trg_idx=trg_idx,
+    # Keys are the official code's names for these tensors (its parity checkpoints).
+    return dict(patch_pix=patches, vis_idx=visible_idx, mask_idx=target_idx, trg_idx=encoded_idx,
                 target_out=target_out, x_trg=z_trg, x_vis=z_vis, decoder_queries_in=queries,
                 x_pred=z_pred, loss_main=loss_main, loss_total=loss)
 
@@ -215,7 +217,7 @@ class LatentMIM(GridMethod):
     if "shuffle" in batch:  # injected views (fixtures, tests)
       shuffle, offsets = batch["shuffle"], batch["offsets"]
     else:
-      shuffle, offsets = views.draw_views(keys, grid_size=self.grid_size, gap=self.gap)
+      shuffle, offsets = views.draw_views(keys, grid_size=self.grid_size, gap=self.patch_gap)
     s_t = self.sim_target(step)
     drop = views.dropout_keys(keys) if train and self.encoder.has_dropout else None
     out = self.forward(params, ema_params, batch["image"], shuffle, offsets, s_t, drop)

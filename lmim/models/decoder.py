@@ -12,6 +12,7 @@ interpolation of its visible neighbours instead of one shared vector.
 """
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,8 @@ class CrossDecoder(_Decoder):
     """latents (B, 1+Lv, D) encoder output (CLS first) -> predictions (B, 1+Lt, D), CLS first.
     (No dropout in this decoder: the last two arguments are accepted for a uniform call.)"""
     del deterministic, dropout_keys
+    chex.assert_rank([latents, visible_ids, target_ids], [3, 2, 2])
+    chex.assert_equal_shape_prefix([latents, visible_ids, target_ids], 1)
     cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width))
     mask_token = self.param("mask_token", nn.initializers.zeros, (1, 1, self.width))
     x = layers.dense(self.width, "embed", self.dtype)(latents).astype(jnp.float32)
@@ -90,6 +93,8 @@ class SelfAttentionDecoder(_Decoder):
     """latents (B, [1+]Lv, D) (CLS first when present), visible_ids (B, Lv), query_ids (B, Lq)
     -> (B, Lv+Lq, out_dim). visible_mask (B, Lv) / query_mask (B, Lq) mark padded tokens, which no
     token attends to. `deterministic=False` turns on drop path, drawn from `dropout_keys` (B,)."""
+    chex.assert_rank([latents, visible_ids, query_ids], [3, 2, 2])
+    chex.assert_equal_shape_prefix([latents, visible_ids, query_ids], 1)
     b, lq = query_ids.shape
     has_cls = latents.shape[1] == visible_ids.shape[1] + 1
     mask_token = self.param("mask_token", layers.TOKEN_INITS[self.init_style], (1, 1, self.width))

@@ -14,6 +14,7 @@ one by name:
 import re
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -261,6 +262,8 @@ class Encoder(nn.Module):
     full_grid = patch_ids is None or (grid is not None and patches.shape[1] == grid[0] * grid[1])
     if patch_ids is None:  # every patch of the grid, in raster order
       patch_ids = jnp.broadcast_to(jnp.arange(patches.shape[1], dtype=jnp.int32), patches.shape[:2])
+    chex.assert_rank([patches, patch_ids], [3, 2])
+    chex.assert_equal_shape_prefix([patches, patch_ids], 2)  # one id per patch token
     x = PatchEmbed(self.width, self.dtype, self.init_style, name="embed")(patches).astype(jnp.float32)
     b = x.shape[0]
     token_init = layers.TOKEN_INITS[self.init_style]

@@ -1,6 +1,6 @@
 """tests/tiny.py's config as a config file, for runs through the command line and launch/local.sh:
 
-    python -m lmim.train --config tests/tiny_cli_config.py[:method] --workdir DIR
+    python -m lmim.train --config tests/helpers/tiny_cli_config.py[:method] --workdir DIR
 """
 import os
 import sys

@@ -11,7 +11,8 @@ import pathlib
 
 import numpy as np
 
-from conftest import FIXTURES
+# Golden outputs of the official implementations, held in the repository (tests/fixtures/README.md).
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def fixture_dirs(source: str) -> list[pathlib.Path]:

@@ -1,6 +1,6 @@
 """A tiny training run in its own process, for the fault tests (tests/test_faults.py).
 
-    python tests/fault_worker.py WORKDIR [--steps N] [--stop-after K] [--kill-after-save-start STEP]
+    python tests/helpers/fault_worker.py WORKDIR [--steps N] [--stop-after K] [--kill-after-save-start STEP]
                                  [--fsize-limit BYTES] [--sleep-per-step SECONDS]
 
 Same device count and compile options as the test process, so its programs (and results) are
@@ -24,7 +24,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]  # the helpers, then the checkout
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
