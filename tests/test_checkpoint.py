@@ -80,6 +80,7 @@ def saved(tmp_path, items=None, steps=(5,), **kwargs):
   return ck, items
 
 
+@pytest.mark.slow
 def test_round_trip_is_exact_and_keeps_optax_types(tmp_path):
   ck, items = saved(tmp_path)
   target = abstract_like(items)  # each leaf's own sharding

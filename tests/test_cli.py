@@ -28,6 +28,7 @@ def snapshot(path):
           for d, _, files in os.walk(path) for f in files}
 
 
+@pytest.mark.slow
 def test_main_job_runs_and_reports_nn_before_and_after(tmp_path):
   """The README's command on a short schedule, on a fresh machine (the embedded data is prepared
   first): trains, checkpoints, logs, reports NN twice, and prints no warning at all."""
@@ -76,6 +77,7 @@ def one_error_line(r) -> str:
     ("configs/lmim_demo.py", "--config.optim.blrr=1e-3",
      "config.optim.blrr='1e-3' is invalid: no such field; did you mean config.optim.blr?"),
 ])
+@pytest.mark.slow
 def test_bad_input_on_the_command_line_is_one_line_and_creates_nothing(tmp_path, config, override, expect):
   wd = tmp_path / "wd"
   r = run("lmim.train", "--config", config, "--workdir", str(wd), f"--config.input.data_dir={tmp_path / 'tfds'}",
@@ -141,6 +143,7 @@ def test_commands_run_from_any_directory(tmp_path):
   assert "config argument steps='abc' is invalid" in one_error_line(r)
 
 
+@pytest.mark.slow
 def test_foreign_workdir_is_refused_and_left_intact(tmp_path):
   wd = str(tmp_path / "wd")
   train.train(tiny_config(), wd, stop_after_steps=3)

@@ -26,6 +26,7 @@ def full_recipe(config, info=IMAGENET):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.slow
 def test_recipe_and_runlocal(name):
   mod = importlib.import_module(f"configs.{name}")
   setup = full_recipe(mod.get_config())
@@ -35,6 +36,7 @@ def test_recipe_and_runlocal(name):
 
 
 @pytest.mark.parametrize("row", sorted(lmim_ablations.ROWS))
+@pytest.mark.slow
 def test_every_ablation_row_builds(row):
   full = full_recipe(lmim_ablations.get_config(f"row={row}"), IMAGENET100)
   assert full.config.total_steps == 300 * (126_689 // 1024)

@@ -59,6 +59,7 @@ def batches(src, info, n, **kw):
 ###################################################################################################
 
 
+@pytest.mark.slow
 def test_embedded_dataset_has_the_promised_splits(data_dir):
   train, info = data.open_source("mnist5k", "train", data_dir)
   test, tinfo = data.open_source("mnist5k", "test", data_dir)
@@ -76,6 +77,7 @@ def test_embedded_dataset_has_the_promised_splits(data_dir):
   assert {test[i]["image"][..., 0].tobytes() for i in range(len(test))} == expected
 
 
+@pytest.mark.slow
 def test_second_prepare_is_a_no_op(data_dir, monkeypatch):
   info_file = os.path.join(data_dir, "mnist5k", "1.0.0", "dataset_info.json")
   before = os.stat(info_file).st_mtime_ns
@@ -95,6 +97,7 @@ def test_the_embedded_data_is_built_in_the_one_data_directory(monkeypatch, tmp_p
   assert len(src) == 1000
 
 
+@pytest.mark.slow
 def test_a_crash_mid_build_leaves_no_dataset(tmp_path, monkeypatch):
   original = embedded.Mnist5k._generate_examples  # pylint: disable=protected-access
 
@@ -114,6 +117,7 @@ def test_a_crash_mid_build_leaves_no_dataset(tmp_path, monkeypatch):
   assert data.open_source("mnist5k", "test", str(tmp_path))[1].num_examples == 1000
 
 
+@pytest.mark.slow
 def test_concurrent_prepares_build_once(tmp_path):
   code = ("import sys; from lmim.data import embedded\n"
           "calls = []\n"

@@ -28,6 +28,7 @@ def test_shapes_are_drawn_deterministically_balanced_and_in_range():
   assert all(0.02 < m.mean() < 0.6 for m in masks)
 
 
+@pytest.mark.slow
 def test_the_prepared_dataset_has_its_splits_and_pixels_are_near_chance(data_dir):
   train_src, info = data.open_source("shapes10k", "train", data_dir)
   test_src, tinfo = data.open_source("shapes10k", "test", data_dir)
@@ -42,6 +43,7 @@ def test_the_prepared_dataset_has_its_splits_and_pixels_are_near_chance(data_dir
   assert np.mean(y[s.argmax(1)] == y) < 0.25   # pixel 1-NN close to chance (0.10): the nuisances win
 
 
+@pytest.mark.slow
 def test_the_pixel_feature_is_the_centred_evaluation_image(tmp_path):
   wd = str(tmp_path / "wd")
   train.train(tiny_config(), wd, stop_after_steps=0)  # any checkpoint: pixels ignore the weights

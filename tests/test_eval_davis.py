@@ -298,6 +298,7 @@ def mock_davis():
 FIELDS = dict(data="davis/480p", split="validation", short_side=16, multiple=8, batch_size=4, chunk=2)
 
 
+@pytest.mark.slow
 def test_evaluator_end_to_end_on_one_and_eight_devices(tiny, tmp_path):
   method, state = tiny
   cfg = ml_collections.ConfigDict(dict(type="davis", data_dir=str(tmp_path), encoder="online",
@@ -411,6 +412,7 @@ def test_interpolated_positions_stay_in_the_trained_range():
   np.testing.assert_array_equal(np.asarray(posemb.interpolate_table(jnp.asarray(table), g, (g, g))), table)
 
 
+@pytest.mark.slow
 def test_davis_encodes_frames_with_interpolated_positions_by_default(tiny):
   """The default position table is the trained one interpolated: features differ from
   extrapolated sin-cos positions on a larger grid, equal them on the training grid."""

@@ -89,6 +89,7 @@ def test_c_search_bisection_follows_lpclip(monkeypatch):
 
 # End to end -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_fewshot_end_to_end_on_embedded_data_matches_across_devices(tiny, monkeypatch):
   method, state = tiny
   extracted = []

@@ -237,6 +237,7 @@ def eval_config(evals, data=-1):
   return c
 
 
+@pytest.mark.slow
 def test_pretraining_beats_initialisation_on_every_probe(trained):
   done = evaluate.evaluate(eval_config(demo_evals()), str(trained / "trained"))["metrics"]
   init = evaluate.evaluate(eval_config(demo_evals()), str(trained / "init"))["metrics"]
@@ -244,6 +245,7 @@ def test_pretraining_beats_initialisation_on_every_probe(trained):
   assert done["nn/top1"] > init["nn/top1"] and done["knn/top1_k20"] > init["knn/top1_k20"]
 
 
+@pytest.mark.slow
 def test_linear_probe_chooses_its_rate_on_held_out_train_images_and_encodes_in_micro_batches(trained, monkeypatch):
   """Several blrs: the choice comes from a held-out part of train (never the evaluation split),
   every head is reported on both; augment=True reads the stream `encode_batch_size` images at a
@@ -265,6 +267,7 @@ def test_linear_probe_chooses_its_rate_on_held_out_train_images_and_encodes_in_m
     evaluate.evaluate(eval_config({"lp": dict(evals["lp"], holdout=0.0)}), str(trained / "trained"))
 
 
+@pytest.mark.slow
 def test_sharded_knn_equals_the_reference_search_on_encoder_and_pixel_features(trained):
   """The evaluator (sharded bank) against the host reference (extract + knn_predict), including
   raw pixels, whose bank and queries are both centred on their split's mean."""
@@ -284,6 +287,7 @@ def test_sharded_knn_equals_the_reference_search_on_encoder_and_pixel_features(t
     assert got["top1_1nn"] == pytest.approx(100.0 * np.mean(ref[1] == y)), feature
 
 
+@pytest.mark.slow
 def test_collapse_reads_the_ema_weights_the_checkpoint_holds(trained, caplog):
   """An evaluation config whose probes all read the online encoder still gives collapse the EMA
   (target) weights, so it reports target Sims and the method's own Sims, and says nothing false."""
@@ -295,6 +299,7 @@ def test_collapse_reads_the_ema_weights_the_checkpoint_holds(trained, caplog):
   assert "lacks" not in caplog.text
 
 
+@pytest.mark.slow
 def test_results_on_one_and_eight_devices_match(trained):
   evals = demo_evals(split="test[:101]", train_split="train[:203]")  # odd sizes: padding must not count
   one = evaluate.evaluate(eval_config(evals), str(trained / "trained"), devices=jax.devices()[:1])
@@ -305,6 +310,7 @@ def test_results_on_one_and_eight_devices_match(trained):
   assert saved["checkpoint_step"] == 600 and set(saved["metrics"]) == set(one["metrics"])
 
 
+@pytest.mark.slow
 def test_finetune_runs_sharded_and_learns(trained):
   base = dict(type="finetune", data="mnist5k", split="test[:200]", train_split="train[:1024]", warmup_epochs=1,
               batch_size=64, eval_batch_size=100, num_threads=2)
@@ -317,6 +323,7 @@ def test_finetune_runs_sharded_and_learns(trained):
   # test_finetune_pieces: at this size, 3 epochs of the full recipe stay near chance, 14 %.)
 
 
+@pytest.mark.slow
 def test_finetune_reports_the_final_and_the_best_epoch_as_mae_logs_them(trained, monkeypatch):
   """Evaluated after every `eval_every_epochs` epochs and at the end; top1 is the last model's,
   top1_best the maximum (first epoch reaching it), as MAE's "Max accuracy"."""
@@ -335,6 +342,7 @@ def test_finetune_reports_the_final_and_the_best_epoch_as_mae_logs_them(trained,
   assert len(calls) == 2 and m["ft/best_epoch"] == 4.0      # after epochs 3 and 4 (the end): 50 then 70
 
 
+@pytest.mark.slow
 def test_official_fixture_checkpoint_evaluates_on_mock_tfds_data(tmp_path):
   hp, sd, _, _ = load(fixture_dirs("official_lmim")[0])
   np.savez(tmp_path / "official.npz", **sd)
@@ -392,6 +400,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("fields,field,valid", BAD, ids=[b[1] + str(list(b[0].values())) for b in BAD])
+@pytest.mark.slow
 def test_bad_evaluator_fields_are_one_line(trained, fields, field, valid):
   evals = {"nn": dict(type="nn_loo", data="mnist5k", split="test[:50]", **fields)}
   with pytest.raises(ConfigError) as e:
@@ -399,6 +408,7 @@ def test_bad_evaluator_fields_are_one_line(trained, fields, field, valid):
   assert "\n" not in str(e.value) and str(e.value).startswith(f"config.{field}=") and valid in str(e.value)
 
 
+@pytest.mark.slow
 def test_bad_paths_and_unprepared_data(trained, tmp_path):
   evals = {"nn": dict(type="nn_loo", data="mnist5k", split="test[:50]")}
   with pytest.raises(CheckpointError, match="does not exist"):
@@ -414,6 +424,7 @@ def test_bad_paths_and_unprepared_data(trained, tmp_path):
     evaluate.evaluate(eval_config(unknown), str(trained / "trained"))
 
 
+@pytest.mark.slow
 def test_evaluate_command_line_check_and_run(trained, tmp_path):
   """The standalone entry point: --check lists datasets, a run prints the table and features/s."""
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)

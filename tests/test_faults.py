@@ -19,6 +19,9 @@ from lmim import train
 from lmim.checkpoint import Checkpointer
 from lmim.errors import NonFiniteError, WorkdirError
 
+# Each test starts other processes (workers, hosts, study cells): `-m "not slow"` leaves them out.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 WORKER = [sys.executable, str(ROOT / "tests" / "helpers" / "fault_worker.py")]
 STEPS = 12
 

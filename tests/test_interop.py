@@ -27,6 +27,7 @@ def trained_workdir(tmp_path_factory):
   return wd
 
 
+@pytest.mark.slow
 def test_converter_writes_a_checkpoint_the_probe_loader_reads(tmp_path):
   cfg, hp = fixture_config()
   _, sd, inputs, expected = load(FIXTURE)
@@ -71,6 +72,7 @@ def test_state_dict_round_trips_through_official_names():
     np.testing.assert_array_equal(v, sd[k])
 
 
+@pytest.mark.slow
 def test_probe_loader_reads_a_trained_workdir(trained_workdir):
   online = probe.load_encoder(trained_workdir, which="online")
   ema = probe.load_encoder(trained_workdir, which="ema", step=3)
@@ -83,6 +85,7 @@ def test_probe_loader_reads_a_trained_workdir(trained_workdir):
     probe.load_encoder(trained_workdir, step=5)
 
 
+@pytest.mark.slow
 def test_mae_encoder_only_release_converts_and_probes(tmp_path):
   """MAE's public `mae_pretrain_vit_*.pth` hold the encoder alone: --encoder_only fills exactly it."""
   mae_dir = fixture_dirs("official_mae")[0]

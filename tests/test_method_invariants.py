@@ -28,6 +28,7 @@ def test_pcae_token_counts_per_stage_match_the_paper():
 
 
 @pytest.mark.parametrize("random_drop", [False, True])
+@pytest.mark.slow
 def test_pcae_teacher_keeps_distinct_masked_patches(random_drop):
   m = build("pcae", **{"pcae.random_drop": random_drop})
   params, ema = m.init(jax.random.key(0))
@@ -88,6 +89,7 @@ def test_cmae_boxes_refresh_on_schedule_and_feed_the_crops():
   assert args["boxes"].shape == (7, 4) and args["alpha"] == 0.1
 
 
+@pytest.mark.slow
 def test_cmae_position_labels_are_the_visible_patch_ids():
   m = build("cmae")
   params, _ = m.init(jax.random.key(0))
@@ -112,6 +114,7 @@ def test_cmae_views_are_two_different_crops():
 
 # I-JEPA -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ijepa_target_blocks_are_whole_rectangles_of_one_size_per_step():
   """As the official collator: one target size per batch, every block whole (padding is marked,
   never a cut block), never on the last row or column, the context disjoint from the targets."""
@@ -166,6 +169,7 @@ def test_ijepa_weight_decay_follows_its_cosine_from_0_04_to_0_4():
 
 # MAE / data2vec -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mae_ids_restore_inverts_the_shuffle():
   m = build("mae")
   params, _ = m.init(jax.random.key(0))

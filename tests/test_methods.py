@@ -9,6 +9,8 @@ from lmim.errors import ConfigError
 from stepping import assert_trees_close, first_batch
 from tiny import tiny_config
 
+pytestmark = pytest.mark.slow  # trains every method and ablation row
+
 # Each Latent MIM switch value appears in at least one case; several ride together to keep the
 # suite short (a failure names the case, and the case names its switches).
 CASES = {

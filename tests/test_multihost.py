@@ -20,6 +20,9 @@ from lmim.checkpoint import Checkpointer
 from test_faults import without_key_bias
 from tiny import tiny_config
 
+# Each test starts other processes (workers, hosts, study cells): `-m "not slow"` leaves them out.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 STEPS = 6
 OVERRIDES = [f"--config.total_steps={STEPS}", "--config.log_every_steps=1", "--config.checkpoint.every_steps=3"]
 

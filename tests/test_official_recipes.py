@@ -28,6 +28,7 @@ def build(method, **overrides):
 ###################################################################################################
 
 
+@pytest.mark.slow
 def test_regularisers_are_off_by_default_in_every_latent_mim_and_mae_recipe():
   for method in ("latent_mim", "mae", "cmae", "ijepa"):
     m = config_lib.base_config(method).model
@@ -54,6 +55,7 @@ def test_drop_path_keeps_its_survival_rate_and_follows_the_example_not_its_row()
   np.testing.assert_array_equal(np.asarray(again), np.asarray(out)[perm])
 
 
+@pytest.mark.slow
 def test_an_encoder_in_training_mode_drops_per_example_and_needs_its_keys():
   enc = Encoder(width=16, depth=2, num_heads=2, grid_size=2, projector_depth=0, drop_path=0.5, attn_drop=0.2)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4, 3)), jnp.float32)
@@ -85,6 +87,7 @@ def huber_run(tmp_path_factory):
   return cfg, out["state"], wd
 
 
+@pytest.mark.slow
 def test_huber_row_differs_from_l1_and_uses_both_branches_on_real_latents(huber_run):
   cfg, state, _ = huber_run
   setup = train.prepare(cfg, jax.devices()[:1])
@@ -127,6 +130,7 @@ def test_huber_logs_its_quadratic_fraction_and_offers_torchs_elementwise_form(hu
 ###################################################################################################
 
 
+@pytest.mark.slow
 def test_data2vec_encoder_is_beits_with_layer_scale_and_a_shared_relative_position_bias():
   m = build("data2vec", **{"model.grid_size": 4})
   params, _ = m.init(jax.random.key(0))
@@ -163,6 +167,7 @@ def test_data2vec_recipe_is_its_commands():
   assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(2e-3) and float(lr(1000)) == pytest.approx(1e-5)
 
 
+@pytest.mark.slow
 def test_data2vec_targets_use_layer_norms_without_affine_at_eps_1e_5():
   m = build("data2vec")
   params, ema = m.init(jax.random.key(0))
@@ -180,6 +185,7 @@ def test_data2vec_targets_use_layer_norms_without_affine_at_eps_1e_5():
 ###################################################################################################
 
 
+@pytest.mark.slow
 def test_pcae_teacher_has_no_cls_and_the_student_drops_paths():
   c = config_lib.base_config("pcae")
   assert (c.model.drop_path, c.model.decoder.drop_path) == (0.25, 0.25)
@@ -234,6 +240,7 @@ def _decayed(method):
   return {path_name(p): bool(v) for p, v in flat}
 
 
+@pytest.mark.slow
 def test_each_method_decays_the_parameters_its_official_optimiser_decays():
   lmim = _decayed("latent_mim")                   # the official Latent MIM rule: "embed" exempt
   assert not lmim["encoder/embed/proj/kernel"] and lmim["encoder/cls_token"] and lmim["decoder/mask_token"]

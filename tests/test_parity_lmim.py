@@ -61,6 +61,7 @@ def run(request):
               after_ema=convert.to_official({"ema_params": new_ema}))
 
 
+@pytest.mark.slow
 def test_indices(run):
   exp, out = run["expected"], run["out"]
   for name in ("vis_idx", "mask_idx", "trg_idx"):

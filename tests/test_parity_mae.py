@@ -42,6 +42,7 @@ def run(request):
               stepped=jax.tree.map(lambda p, u: p + u, params, updates))
 
 
+@pytest.mark.slow
 def test_mask_and_restore_indices(run):
   np.testing.assert_array_equal(np.asarray(run["out"]["ids_restore"]), run["expected"]["ids_restore"])
   np.testing.assert_array_equal(np.asarray(run["out"]["mask"]), run["expected"]["mask"])

@@ -11,6 +11,8 @@ import pytest
 from lmim import plan, train
 from tiny import tiny_config
 
+pytestmark = pytest.mark.slow  # compiles the train step over 64 virtual devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Deep enough (8 blocks, 56 of 64 patches visible) that the encoder's activations dominate; the
 # blocks are scanned, where XLA:CPU honours rematerialisation (unscanned, XLA:CPU folds the

@@ -163,6 +163,7 @@ def test_one_data_directory_for_every_dataset(monkeypatch, tmp_path):
   assert location.data_dir() == os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
 
 
+@pytest.mark.slow
 def test_the_command_prepares_once_and_reports_errors_in_one_line(ilsvrc, tmp_path):
   cmd = [sys.executable, "-m", "lmim.data.prepare", "imagenet2012", "--source", str(ilsvrc), "--data_dir", str(tmp_path)]
   env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -77,6 +77,7 @@ def test_runlocal_variant_builds_on_the_embedded_data():
   assert setup.info.name == "mnist5k" and setup.config.total_steps == 10
 
 
+@pytest.mark.slow
 def test_learnable_position_table_and_bfloat16_matmuls():
   cfg = tiny_config(**{"model.freeze_pe": False, "model.dtype": "bfloat16"})
   cfg = config_lib.resolve(cfg, 4000)

@@ -37,6 +37,7 @@ def plain():
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
+@pytest.mark.slow
 def test_remat_policies_keep_loss_and_gradients(plain, policy):
   _, params, ema, (loss, grads) = plain
   method = build(**{"model.remat": policy})
@@ -46,6 +47,7 @@ def test_remat_policies_keep_loss_and_gradients(plain, policy):
 
 
 @pytest.mark.parametrize("policy", ["none", "full"])
+@pytest.mark.slow
 def test_scan_over_layers_keeps_loss_and_gradients(plain, policy):
   _, params, ema, (loss, grads) = plain
   method = build(**{"model.scan_layers": True, "model.remat": policy})

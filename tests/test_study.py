@@ -13,6 +13,9 @@ from conftest import ROOT
 from lmim import cli, study
 from lmim.errors import ConfigError
 
+# Each test starts other processes (workers, hosts, study cells): `-m "not slow"` leaves them out.
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 SPEC = str(ROOT / "tests" / "helpers" / "tiny_study.py")
 
 

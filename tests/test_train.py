@@ -14,6 +14,7 @@ def single_device_step():
 
 
 @pytest.mark.parametrize("data,fsdp", [(2, 4), (8, 1)])
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step(single_device_step, data, fsdp):
   # fsdp_min_size_mb=0 shards every parameter with a dimension divisible by the fsdp size.
   cfg = tiny_config(**{"mesh.data": data, "mesh.fsdp": fsdp, "fsdp_min_size_mb": 0.0})
@@ -33,6 +34,7 @@ def test_fsdp_actually_shards_parameters():
   assert mu.sharding.spec == qkv.sharding.spec  # optimiser moments follow their parameter
 
 
+@pytest.mark.slow
 def test_no_recompilation_after_the_first_step():
   setup = train.prepare(tiny_config())
   state = setup.init_fn(setup.init_key)
@@ -48,6 +50,7 @@ def test_no_recompilation_after_the_first_step():
 
 
 @pytest.mark.parametrize("dropout", [False, True], ids=["plain", "drop_path"])
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_larger_batch(dropout):
   """2 micro-batches of 8 = one batch of 16: same examples, same views, same Sim groups, and with
   drop path and dropout on, the same per-example draws."""
@@ -58,6 +61,7 @@ def test_gradient_accumulation_equals_the_larger_batch(dropout):
   assert_params_close(acc, big, 1e-6)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_training(tmp_path):
   cfg = tiny_config()
   full = train.train(cfg, str(tmp_path / "full"))
@@ -72,6 +76,7 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
   cfg = tiny_config(**{"profile_steps": "2:4"})
   train.train(cfg, str(tmp_path))

@@ -40,10 +40,10 @@ class Context:
   step: int = 0
 
 
-def context(method, mesh, name: str = "eval", workdir=None, writer=None) -> Context:
+def context(method, mesh, name: str = "eval", workdir=None, writer=None, step: int = 0) -> Context:
   """The context of an evaluator of `method`'s encoder: the method's views, not the method."""
   return Context(encoder=method.encoder_view, losses=method.loss_view, mesh=mesh, name=name, workdir=workdir,
-                 writer=writer)
+                 writer=writer, step=step)
 
 
 def module_for(name: str, eval_cfg):
