@@ -2,7 +2,8 @@
 method, with the defaults most methods share. A method is a Python object closed over by the jitted
 step (never traced itself); everything it computes on device is a pure function of its arguments.
 
-A method implements `init` and `loss` and sets `encoder`; everything else has a default here:
+A method implements `init` and `loss`, sets `encoder` and says its image sizes (`GridMethod` does for
+a g×g grid of patches); everything else has a default here:
 
   init(rng) -> (params, ema_params)        params: what the optimiser trains; ema_params: the EMA
                                            target encoder's parameters, or None without targets
