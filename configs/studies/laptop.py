@@ -7,6 +7,8 @@ projector, a 2-block 64-wide decoder, batch 128, `steps` optimiser steps with 5 
 1.5e-3, Sim groups of 64. Visible counts keep the official fractions of the grid (20/196 → 5 of 49 or
 7 of 64; 49/196 → 12 of 49 or 16 of 64).
 """
+import ml_collections as mlc
+
 DATASETS = {"mnist5k": 7, "shapes10k": 8}  # grid of 4-px patches
 
 
@@ -35,6 +37,18 @@ def final_evals(data: str) -> dict:
                      blrs=(1.0, 3.0, 10.0, 30.0, 100.0, 300.0), augment=False, **{**m, "batch_size": 1024}),
       "collapse": dict(type="collapse", split="test", data=data, max_images=1000),
   }
+
+
+def study(name: str, description: str, cells, *, data: str, steps: int, seeds: int, final=None, table=None):
+  """A laptop study: its cells, seeds 0..seeds-1, the NN curve, the final evals (default
+  `final_evals(data)`), the raw-pixel row and the table and curve columns every laptop study shows."""
+  c = mlc.ConfigDict()
+  c.name, c.description, c.cells, c.seeds = name, description, list(cells), tuple(range(seeds))
+  c.curve_evals = curve_evals(data, max(1, steps // 4))
+  c.final_evals = final if final is not None else final_evals(data)
+  c.pixel_baseline = True
+  c.table, c.curves = tuple(table or TABLE), CURVES
+  return c
 
 
 def curve_evals(data: str, every: int) -> dict:

@@ -10,8 +10,6 @@ Each cell: `steps` optimiser steps (default 400, about a minute on 2 CPU cores),
 and the collapse metrics on the test split; raw pixels by the same protocol as the last row.
 The decoder-depth row scales 3 → 8 blocks to 2 → 5.
 """
-import ml_collections as mlc
-
 from configs import lmim_ablations
 from configs.studies import laptop
 from lmim import config_lib
@@ -20,10 +18,6 @@ from lmim.study import cell
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, choices={"data": laptop.DATASETS}, data="mnist5k", steps=400, seeds=3)
-  c = mlc.ConfigDict()
-  c.name = f"laptop_ladder_{a.data}"
-  c.description = (f"The 17 rows of the paper's four ablation tables on {a.data}, {a.steps} steps, "
-                   f"{a.seeds} seeds (configs/studies/laptop_ladder.py).")
   base = laptop.model_overrides(a.data, a.steps)
   cells = []
   for row, switches in lmim_ablations.ROWS.items():
@@ -33,11 +27,7 @@ def get_config(arg=None):
     if "model.decoder.depth" in switches:
       o["model.decoder.depth"] = 5
     cells.append(cell(row, f"configs/lmim_ablations.py:row={row},runlocal", **o))
-  c.cells = cells
-  c.seeds = tuple(range(a.seeds))
-  c.curve_evals = laptop.curve_evals(a.data, max(1, a.steps // 4))
-  c.final_evals = laptop.final_evals(a.data)
-  c.pixel_baseline = True
-  c.table = laptop.TABLE
-  c.curves = laptop.CURVES
-  return c
+  return laptop.study(f"laptop_ladder_{a.data}",
+                      f"The 17 rows of the paper's four ablation tables on {a.data}, {a.steps} steps, "
+                      f"{a.seeds} seeds (configs/studies/laptop_ladder.py).",
+                      cells, data=a.data, steps=a.steps, seeds=a.seeds)

@@ -8,8 +8,6 @@ method's own objective and recipe otherwise (its config's `runlocal` variant), 3
 The table reports NN, k-NN, the linear probe and Sim; results.json also holds each cell's
 training seconds (wall-clock differs: the methods' networks cost different FLOPs per step).
 """
-import ml_collections as mlc
-
 from configs.studies import laptop
 from lmim import config_lib
 from lmim.study import cell
@@ -27,10 +25,6 @@ METHODS = {
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, choices={"data": laptop.DATASETS}, data="mnist5k", steps=400, seeds=3)
-  c = mlc.ConfigDict()
-  c.name = f"laptop_methods_{a.data}"
-  c.description = (f"Six methods on the same small ViT, {a.data}, {a.steps} steps at batch 128, "
-                   f"{a.seeds} seeds (configs/studies/laptop_methods.py).")
   base = laptop.model_overrides(a.data, a.steps)
   cells = []
   for name, (spec, own) in METHODS.items():
@@ -40,11 +34,7 @@ def get_config(arg=None):
     if name == "ijepa":  # the predictor is the decoder: the same small width, the encoder's heads
       o["model.decoder.num_heads"] = 4
     cells.append(cell(name, spec, **o))
-  c.cells = cells
-  c.seeds = tuple(range(a.seeds))
-  c.curve_evals = laptop.curve_evals(a.data, max(1, a.steps // 4))
-  c.final_evals = laptop.final_evals(a.data)
-  c.pixel_baseline = True
-  c.table = laptop.TABLE
-  c.curves = laptop.CURVES
-  return c
+  return laptop.study(f"laptop_methods_{a.data}",
+                      f"Six methods on the same small ViT, {a.data}, {a.steps} steps at batch 128, "
+                      f"{a.seeds} seeds (configs/studies/laptop_methods.py).",
+                      cells, data=a.data, steps=a.steps, seeds=a.seeds)

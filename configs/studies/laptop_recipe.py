@@ -10,8 +10,6 @@ the EMA target encoder and on the mean patch token of blocks 2 and 3 (the probe'
 choice of the recipe too), all by the official leave-one-out protocol; raw pixels by the same
 protocol as the last row.
 """
-import ml_collections as mlc
-
 from configs.studies import laptop
 from configs.studies.laptop_methods import METHODS
 from lmim import config_lib
@@ -33,23 +31,17 @@ KNOBS = {
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, choices={"data": laptop.DATASETS}, data="shapes10k", steps=600, seeds=1)
-  c = mlc.ConfigDict()
-  c.name = f"laptop_recipe_{a.data}"
-  c.description = (f"One knob at a time from the Latent MIM cell of the methods study, {a.data}, {a.steps} "
-                   f"steps at batch 128, {a.seeds} seed(s) (configs/studies/laptop_recipe.py).")
   spec, own = METHODS["latent_mim"]
   base = laptop.model_overrides(a.data, a.steps)
   base.update({k: laptop.visible(20, a.data) if v == "vis" else v for k, v in own.items()})
-  c.cells = [cell(name, spec, **{**base, **knob}) for name, knob in KNOBS.items()]
-  c.seeds = tuple(range(a.seeds))
-  c.curve_evals = laptop.curve_evals(a.data, max(1, a.steps // 4))
   final = laptop.final_evals(a.data)
   nn = final["nn"]
   final["nn_ema"] = dict(nn, encoder="ema")
   final["nn_block2"] = dict(nn, feature="block2")
   final["nn_block3"] = dict(nn, feature="block3")
-  c.final_evals = final
-  c.pixel_baseline = True
-  c.table = laptop.TABLE + ("nn_ema/top1", "nn_block2/top1", "nn_block3/top1")
-  c.curves = laptop.CURVES
-  return c
+  return laptop.study(f"laptop_recipe_{a.data}",
+                      f"One knob at a time from the Latent MIM cell of the methods study, {a.data}, {a.steps} "
+                      f"steps at batch 128, {a.seeds} seed(s) (configs/studies/laptop_recipe.py).",
+                      [cell(name, spec, **{**base, **knob}) for name, knob in KNOBS.items()],
+                      data=a.data, steps=a.steps, seeds=a.seeds, final=final,
+                      table=laptop.TABLE + ("nn_ema/top1", "nn_block2/top1", "nn_block3/top1"))

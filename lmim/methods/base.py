@@ -140,7 +140,9 @@ class Method(abc.ABC):
     return False
 
   def compute_host_state(self, params, ema_params, source, info, mesh):
-    raise NotImplementedError(f"{type(self).__name__} keeps no host state")
+    """The refreshed host state when `host_state_due`; without host state there is none (None)."""
+    del params, ema_params, source, info, mesh
+    return None
 
   # Run health ---------------------------------------------------------------------------------
   def health_warnings(self, summary: dict, step: int) -> list[str]:
