@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.loss.update(dict(name="patch_disc", tau=0.2))
   c.sim_reg.update(dict(coeff=0.1, start=0.75, end=0.25))
   c.sim_reg.group_size = 64
-  c.targets.momentum = 0.99
+  c.ema.momentum = 0.99
 
   c.input.update(dict(data="mnist5k", split="train", min_crop=0.2, num_threads=2, prefetch=4))
   c.batch_size = a.batch_size

@@ -5,6 +5,7 @@ Every config file under `configs/` starts from `base_config()`, which holds the 
 Latent MIM defaults (docs/latent_mim.md §2), and changes what its recipe changes. Because the config is
 locked, a typo in a command-line override (`--config.optim.blr=...`) fails loudly.
 """
+import copy
 import difflib
 import math
 
@@ -15,6 +16,14 @@ from lmim.errors import ConfigArgumentError, ConfigError
 # Fields that may change when a run is resumed: they do not change what is being trained.
 RESUMABLE_FIELDS = ("log_every_steps", "profile_steps", "checkpoint", "evals", "mesh", "fsdp_min_size_mb",
                     "input.data_dir", "input.num_threads", "input.prefetch", "model.remat", "debug")
+# Fields renamed since a checkpoint may have been saved: old dotted name -> new. A saved config is
+# read through `upgrade` wherever it is compared or rebuilt, so older runs resume and probe as before.
+RENAMED = {
+    "targets.momentum": "ema.momentum",          # one EMA block for every method with targets
+    "pcae.momentum": "ema.momentum",
+    "data2vec.momentum": "ema.momentum", "data2vec.momentum_end": "ema.momentum_end",
+    "ijepa.momentum": "ema.momentum", "ijepa.momentum_end": "ema.momentum_end",
+}
 # Rematerialisation policies (model.remat): what a block keeps from the forward pass for the
 # backward pass; everything else is recomputed. Numerics are unchanged (tests/test_scale.py).
 
@@ -271,6 +280,25 @@ def validate_run(config, num_devices: int) -> None:
     raise ConfigError("batch_size", config.batch_size,
                       f"must be divisible by the data-parallel size ({dp} = mesh {data}x{fsdp}) times "
                       f"accum_steps ({config.accum_steps}) = {dp * config.accum_steps}")
+
+
+def upgrade(saved: dict) -> dict:
+  """A saved config dict with its fields under their current names (RENAMED); a copy.
+
+  Where the old fields of the `ema` block leave out the schedule (the methods each had their own),
+  the method's current default fills it, so an old run reads as it trained."""
+  out = copy.deepcopy(saved)
+  moved = False
+  for old, new in RENAMED.items():
+    (block, leaf), (new_block, new_leaf) = old.split("."), new.split(".")
+    if leaf in out.get(block, {}):
+      out.setdefault(new_block, {})[new_leaf] = out[block].pop(leaf)
+      moved = True
+  if moved and "method" in out:
+    ema = base_config(out["method"]).get("ema")
+    for k, v in (ema.to_dict() if ema is not None else {}).items():
+      out["ema"].setdefault(k, v)
+  return out
 
 
 def diff_configs(saved: dict, current: dict, ignore=RESUMABLE_FIELDS, defaults: dict | None = None) -> list[str]:

@@ -208,7 +208,7 @@ def config_from_official(hp: dict):
   c.views.mask_target = bool(hp["mask_target"])
   c.loss.name, c.loss.tau = hp["loss"], float(hp.get("tau", 0.2))
   c.sim_reg.coeff = float(hp.get("avg_sim_coeff", 0.0))
-  c.targets.momentum = float(hp.get("target_mom", 0.99))
+  c.ema.momentum = float(hp.get("target_mom", 0.99))
   return c
 
 

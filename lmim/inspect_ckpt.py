@@ -59,7 +59,7 @@ def _config_changes(config: dict) -> list[str]:
     defaults = config_lib.base_config(config.get("method", "latent_mim")).to_dict()
   except LmimError:
     return [f"  (unknown method {config.get('method')!r}: no defaults to compare with)"]
-  changes = config_lib.diff_configs(defaults, config, ignore=("evals",))
+  changes = config_lib.diff_configs(defaults, config_lib.upgrade(config), ignore=("evals",))
   # diff_configs words it as checkpoint/now: here the first tree is the defaults.
   return ["  " + c.replace(": checkpoint=", ": default ").replace(" now=", " -> ") for c in changes]
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import jax
 import ml_collections as mlc
 
-from lmim import methods, sharding
+from lmim import config_lib, methods, sharding
 from lmim.checkpoint import Checkpointer, abstract_like, find_checkpoint_dir
 from lmim.errors import ConfigError
 from lmim.evaluators import features
@@ -56,7 +56,7 @@ def restore(workdir: str, *, step: int | None = None, online: bool = True, ema: 
   try:
     step = ckpt.latest_step() if step is None else step
     meta = ckpt.restore_meta(step)
-    cfg = mlc.ConfigDict(meta["config"])
+    cfg = mlc.ConfigDict(config_lib.upgrade(meta["config"]))
     method = methods.build(cfg, meta["data"]["channels"])
     mesh = mesh or sharding.make_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1)))
     params, ema_tree = jax.eval_shape(method.init, jax.random.key(0))

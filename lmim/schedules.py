@@ -30,10 +30,17 @@ def learning_rate(step, *, peak: float, total_steps: float, warmup_steps: float,
   return jnp.where(step < warmup_steps, warm, decay)
 
 
-def ema_momentum(step, *, total_steps: float, base: float):
-  """m(t) = 1 − ½(1 + cos(π t/T))(1 − m0): from m0 at the start to 1 at the end."""
+EMA_SCHEDULES = ("cosine", "linear")
+
+
+def ema_momentum(step, *, total_steps: float, base: float, end: float = 1.0, schedule: str = "cosine"):
+  """The EMA momentum from m0 = `base` at step 0 to `end` at the last step:
+    cosine  m(t) = end − ½(1 + cos(π t/T))(end − m0)   Latent MIM, PCAE (BYOL's; end = 1)
+    linear  m(t) = m0 + (end − m0)·t/T                  I-JEPA (0.996 → 1), data2vec (constant)"""
+  if schedule == "linear":
+    return linear(step, total_steps=total_steps, start=base, end=end)
   step = jnp.asarray(step, jnp.float32)
-  return 1.0 - _cosine(step / total_steps) * (1.0 - base)
+  return end - _cosine(step / total_steps) * (end - base)
 
 
 def cosine(step, *, total_steps: float, start: float, end: float):

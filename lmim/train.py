@@ -460,7 +460,7 @@ def _restore_latest_good(ckpt, setup: Setup, workdir: str, host=None):
   for step in steps:
     try:
       saved = ckpt.restore_meta(step)
-      diffs = config_lib.diff_configs(saved["config"], cfg.to_dict(),
+      diffs = config_lib.diff_configs(config_lib.upgrade(saved["config"]), cfg.to_dict(),
                                       defaults=config_lib.base_config(cfg.method).to_dict())
       if diffs:
         raise CheckpointError(f"{workdir} holds a checkpoint (step {step}) of a different config; "

@@ -32,6 +32,9 @@ CASES = [
     ({"sim_reg.group_size": 3}, "sim_reg.group_size", "divide the micro-batch"),
     ({"optim.min_lr_frac": 1.5}, "optim.min_lr_frac", "[0, 1]"),
     ({"total_epochs": 5.0}, "total_steps", "not both"),
+    ({"ema.momentum": 1.5}, "ema.momentum", "[0, 1]"),
+    ({"ema.momentum_end": -0.1}, "ema.momentum_end", "[0, 1]"),
+    ({"ema.schedule": "step"}, "ema.schedule", "'cosine', 'linear'"),
 ]
 
 
@@ -108,3 +111,31 @@ def _has_field(config, dotted: str) -> bool:
       return False
     node = node[part]
   return True
+
+
+# The config each method saved before the EMA fields moved into one `ema` block (the old names).
+OLD_MOMENTUM_FIELDS = {
+    "latent_mim": {"targets": {"momentum": 0.99}},
+    "pcae": {"pcae": {"momentum": 0.9999}},
+    "data2vec": {"data2vec": {"momentum": 0.9998, "momentum_end": 0.9998}},
+    "ijepa": {"ijepa": {"momentum": 0.996, "momentum_end": 1.0}},
+}
+
+
+@pytest.mark.parametrize("method", list(OLD_MOMENTUM_FIELDS))
+def test_checkpoints_saved_under_the_old_momentum_names_still_resume(method):
+  """A run saved with `targets.momentum` (or pcae./data2vec./ijepa.momentum) is the same config as
+  today's `ema` block: it resumes (no diff) and rebuilds the same schedule; a changed value is
+  still a difference."""
+  now = config_lib.base_config(method).to_dict()
+  old = {k: (dict(v) if isinstance(v, dict) else v) for k, v in now.items() if k != "ema"}
+  for block, fields in OLD_MOMENTUM_FIELDS[method].items():
+    old[block] = {**old[block], **fields}
+  defaults = config_lib.base_config(method).to_dict()
+  assert config_lib.diff_configs(old, now, defaults=defaults) != []          # read as saved: differs
+  assert config_lib.diff_configs(config_lib.upgrade(old), now, defaults=defaults) == []
+  assert config_lib.upgrade(old)["ema"] == now["ema"]
+  changed = config_lib.base_config(method)
+  changed.ema.momentum = 0.5
+  assert config_lib.diff_configs(config_lib.upgrade(old), changed.to_dict(), defaults=defaults) == [
+      f"ema.momentum: checkpoint={now['ema']['momentum']!r} now=0.5"]

@@ -274,3 +274,26 @@ def test_color_jitter_is_torchvisions_on_pil_images():
   np.testing.assert_array_equal(got, np.asarray(pil))
   assert not np.array_equal(got, img)
   assert transforms.color_jitter(img, rng, 0.0) is img
+
+
+# The EMA momentum of each official code, at steps 0, T/4, T/2 and T of a 100-step run; MAE and
+# CMAE (as reconstructed here) have no momentum target.
+OFFICIAL_MOMENTUM = {
+    "latent_mim": [0.99, 1 - 0.01 * (1 + np.cos(np.pi / 4)) / 2, 0.995, 1.0],     # cosine 0.99 -> 1
+    "pcae": [0.9999, 1 - 1e-4 * (1 + np.cos(np.pi / 4)) / 2, 0.99995, 1.0],       # cosine 0.9999 -> 1
+    "data2vec": [0.9998] * 4,                                                     # constant
+    "ijepa": [0.996, 0.997, 0.998, 1.0],                                          # linear 0.996 -> 1
+    "mae": None, "cmae": None,
+}
+
+
+@pytest.mark.parametrize("method", list(OFFICIAL_MOMENTUM))
+def test_each_method_reads_its_official_momentum_from_the_one_ema_block(method):
+  m = build(method, total_steps=100)
+  got = [m.momentum(s) for s in (0, 25, 50, 100)]
+  if OFFICIAL_MOMENTUM[method] is None:
+    assert got == [None] * 4 and "ema" not in m.config
+    return
+  np.testing.assert_allclose([float(g) for g in got], OFFICIAL_MOMENTUM[method], rtol=0, atol=2e-7)
+  # ... and the block is the one knob: moving ema.momentum moves the schedule's start.
+  assert float(build(method, total_steps=100, **{"ema.momentum": 0.5}).momentum(0)) == pytest.approx(0.5)

@@ -23,6 +23,10 @@ def test_learning_rate_warms_up_from_the_floor_then_cosines_to_it():
 def test_momentum_and_sim_target_schedules():
   m = lambda s: float(schedules.ema_momentum(s, total_steps=100, base=0.99))
   assert m(0) == pytest.approx(0.99) and m(50) == pytest.approx(0.995) and m(100) == pytest.approx(1.0)
+  assert float(schedules.ema_momentum(25, total_steps=100, base=0.5, end=0.9)) == pytest.approx(
+      0.9 - 0.5 * (1 + np.cos(np.pi / 4)) * 0.4)
+  lin = lambda s: float(schedules.ema_momentum(s, total_steps=100, base=0.996, end=1.0, schedule="linear"))
+  assert lin(0) == pytest.approx(0.996) and lin(25) == pytest.approx(0.997) and lin(100) == pytest.approx(1.0)
   t = lambda s: float(schedules.sim_target(s, total_steps=100, start=0.75, end=0.25))
   assert t(0) == pytest.approx(0.75) and t(50) == pytest.approx(0.5) and t(100) == pytest.approx(0.25)
 

@@ -29,7 +29,7 @@ KNOBS = {
     "vis4": {"views.num_vis": 4},
     "gap0": {"views.patch_gap": 0},
     "blr4e-3": {"optim.blr": 4e-3},
-    "ema0.996": {"targets.momentum": 0.996},
+    "ema0.996": {"ema.momentum": 0.996},
     "no_simreg": {"sim_reg.coeff": 0.0},
     "w128_d6": {"model.width": 128, "model.depth": 6},
 }

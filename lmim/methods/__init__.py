@@ -12,6 +12,7 @@ The trainer, sharding, checkpointing, data and logging never look further inside
 import importlib
 
 from lmim.errors import ConfigError
+from lmim.methods.base import validate_ema
 
 METHODS = ("latent_mim", "mae", "pcae", "data2vec", "ijepa", "cmae")
 
@@ -25,6 +26,7 @@ def get(name: str):
 def validate(config) -> None:
   """The method's own checks of `config` (the shared fields are config_lib.validate_run's)."""
   get(config.method).validate(config)
+  validate_ema(config)
 
 
 def build(config, channels: int, *, validated: bool = False):
@@ -32,5 +34,5 @@ def build(config, channels: int, *, validated: bool = False):
   the caller has just run `validate`)."""
   module = get(config.method)
   if not validated:
-    module.validate(config)
+    validate(config)
   return module.METHOD(config, channels)

@@ -9,7 +9,8 @@ a g×g grid of patches); everything else has a default here:
                                            target encoder's parameters, or None without targets
   loss(params, ema_params, batch, keys, step, train=True) -> (scalar loss, {name: scalar})
                                            one micro-batch; views drawn on device from `keys`
-  momentum(step) -> scalar | None          the EMA momentum (None: the method has no EMA targets)
+  momentum(step) -> scalar | None          the EMA momentum, from the shared `ema` block the methods
+                                           with EMA targets add (`ema_config`); None without one
   update_targets(ema_params, params, step) θ_T ← m·θ_T + (1−m)·θ_O of the encoder, once per step
   encode(encoder_params, images)           full images at gap 0 -> the encoder's named outputs
   train_image_size / eval_image_size       pixels per side of a training crop / evaluation image
@@ -31,13 +32,33 @@ import functools
 from typing import Any, Callable, ClassVar
 
 import jax
+import ml_collections as mlc
 
-from lmim import optim
+from lmim import optim, schedules
+from lmim.errors import ConfigError
 from lmim.methods.common import ema_update, encode_full_images
 from lmim.models import encoder_dims
 
 # Target tokens whose mean pairwise cosine exceeds this are collapsing (docs/latent_mim.md §9).
 COLLAPSE_SIM = 0.95
+
+
+def ema_config(momentum: float, momentum_end: float = 1.0, schedule: str = "cosine") -> mlc.ConfigDict:
+  """The `ema` block every method with EMA targets adds: one name for the momentum everywhere
+  (`ema.momentum` at step 0, `ema.momentum_end` at the last step, `ema.schedule` between)."""
+  return mlc.ConfigDict(dict(momentum=momentum, momentum_end=momentum_end, schedule=schedule))
+
+
+def validate_ema(config) -> None:
+  """One-line errors for the `ema` block, where the method has one."""
+  ema = config.get("ema")
+  if ema is None:
+    return
+  for k in ("momentum", "momentum_end"):
+    if not 0.0 <= ema[k] <= 1.0:
+      raise ConfigError(f"ema.{k}", ema[k], "must be in [0, 1]")
+  if ema.schedule not in schedules.EMA_SCHEDULES:
+    raise ConfigError("ema.schedule", ema.schedule, f"one of {list(schedules.EMA_SCHEDULES)}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -94,9 +115,12 @@ class Method(abc.ABC):
 
   # Targets ------------------------------------------------------------------------------------
   def momentum(self, step):
-    """The EMA momentum at `step`; None for a method without EMA targets."""
-    del step
-    return None
+    """The EMA momentum at `step` from the `ema` block; None for a method without one."""
+    ema = self.config.get("ema")
+    if ema is None:
+      return None
+    return schedules.ema_momentum(step, total_steps=self.config.total_steps, base=ema.momentum,
+                                  end=ema.momentum_end, schedule=ema.schedule)
 
   def update_targets(self, ema_params, params, step):
     """θ_T ← m·θ_T + (1−m)·θ_O over the online encoder (projector included where it has one)."""

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
-from lmim import losses, optim, schedules, views
+from lmim import losses, optim, views
 from lmim.errors import ConfigError
-from lmim.methods.base import GridMethod
+from lmim.methods.base import GridMethod, ema_config
 from lmim.methods.common import dropout_keys_for, init_encoder, run
 from lmim.models import build_encoder, encoder_dims, validate_model
 from lmim.models.layers import dense
@@ -35,10 +35,9 @@ def add_config(c) -> None:
       min_block_patches=16,      # smallest masked block
       top_k_layers=6,            # teacher blocks averaged into the target
       loss_beta=2.0,             # Smooth-L1 β
-      momentum=0.9998,           # EMA: linear from `momentum` to `momentum_end` (released: constant)
-      momentum_end=0.9998,
       target_eps=1e-5,           # eps of the two parameter-free target LayerNorms (F.layer_norm's default)
   ))
+  c.ema = ema_config(0.9998, 0.9998, "linear")  # EMA: linear from 0.9998 to 0.9998 (released: constant)
   c.model.update(dict(posemb="mae", abs_pos=False, rel_pos_bias=True, layer_scale=1e-4, qkv_bias="qv",
                       init="beit", drop_path=0.25, attn_drop=0.05))
   c.model.projector.depth = 0
@@ -80,10 +79,6 @@ class Data2Vec(GridMethod):
       enc = rescale_by_depth(enc)  # BEiT's fix_init_weight
     head = self.head.init(k_head, jnp.zeros((1, self.width)))["params"]
     return {"encoder": enc, "head": head}, jax.tree.map(jnp.copy, enc)
-
-  def momentum(self, step):
-    d = self.config.data2vec
-    return schedules.linear(step, total_steps=self.config.total_steps, start=d.momentum, end=d.momentum_end)
 
   def forward(self, params, ema_params, images, mask, dropout_keys=None):
     d = self.config.data2vec

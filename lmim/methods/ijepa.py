@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from lmim import losses, optim, schedules, views
+from lmim import losses, optim, views
 from lmim.errors import ConfigError
-from lmim.methods.base import GridMethod
+from lmim.methods.base import GridMethod, ema_config
 from lmim.methods.common import init_encoder
 from lmim.models import build_decoder, build_encoder, validate_model
 
@@ -42,9 +42,9 @@ def add_config(c) -> None:
       context_scale=(0.85, 1.0),
       min_context=10,                                        # fewest context tokens allowed
       context_tokens=mlc.FieldReference(None, field_type=int),  # static context length; None = auto
-      momentum=0.996, momentum_end=1.0,                      # linear EMA schedule
       loss_beta=1.0,
   ))
+  c.ema = ema_config(0.996, 1.0, "linear")                 # linear EMA schedule
   c.model.posemb = "mae"
   c.model.projector.depth = 0
   c.model.init = "trunc_normal"
@@ -144,10 +144,6 @@ class IJEPA(GridMethod):
     latent = jnp.zeros((1, self.context_tokens, self.width), jnp.float32)
     return {"encoder": enc, "predictor": self.predictor.init(k_pred, latent, ctx, tgt)["params"]}, \
         jax.tree.map(jnp.copy, enc)
-
-  def momentum(self, step):
-    j = self.config.ijepa
-    return schedules.linear(step, total_steps=self.config.total_steps, start=j.momentum, end=j.momentum_end)
 
   def block_sizes(self, step):
     """The step's target (h, w) and context (h, w): one draw each, shared by the whole batch (the

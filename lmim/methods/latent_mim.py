@@ -25,7 +25,7 @@ import ml_collections as mlc
 
 from lmim import losses, schedules, views
 from lmim.errors import ConfigError
-from lmim.methods.base import GridMethod
+from lmim.methods.base import GridMethod, ema_config
 from lmim.methods.common import init_encoder
 from lmim.models import build_decoder, build_encoder, validate_model
 
@@ -55,8 +55,8 @@ def add_config(c) -> None:
   ))
   c.targets = mlc.ConfigDict(dict(
       mode="ema",              # ema | shared_stopgrad | joint | independent (paper's collapse table)
-      momentum=0.99,           # EMA momentum m0 at step 0, cosine to 1
   ))
+  c.ema = ema_config(0.99)     # EMA momentum m0 at step 0, cosine to 1 (targets.mode = 'ema')
 
 
 def canonical_loss(name: str) -> str:
@@ -97,8 +97,6 @@ def validate(config) -> None:
                       f"must divide the micro-batch (batch_size/accum_steps = {micro})")
   if config.targets.mode not in TARGET_MODES:
     raise ConfigError("targets.mode", config.targets.mode, f"one of {list(TARGET_MODES)}")
-  if not 0.0 <= config.targets.momentum <= 1.0:
-    raise ConfigError("targets.momentum", config.targets.momentum, "must be in [0, 1]")
 
 
 class LatentMIM(GridMethod):
@@ -139,9 +137,6 @@ class LatentMIM(GridMethod):
     return params, ema
 
   # Schedules --------------------------------------------------------------------------------
-  def momentum(self, step):
-    return schedules.ema_momentum(step, total_steps=self.config.total_steps, base=self.config.targets.momentum)
-
   def sim_target(self, step):
     r = self.config.sim_reg
     return schedules.sim_target(step, total_steps=self.config.total_steps, start=r.start, end=r.end)

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from lmim import losses, optim, schedules, views
+from lmim import losses, optim, views
 from lmim.errors import ConfigError
-from lmim.methods.base import GridMethod
+from lmim.methods.base import GridMethod, ema_config
 from lmim.methods.common import dropout_keys_for, init_encoder, run
 from lmim.models import build_decoder, build_encoder, encoder_dims, validate_model
 
@@ -37,8 +37,8 @@ def add_config(c) -> None:
       num_stages=3,          # reductions in the teacher
       keep_ratio=0.5,        # fraction of tokens kept at each reduction
       random_drop=False,     # "RD": random instead of similarity ranking
-      momentum=0.9999,       # teacher EMA momentum, cosine to 1, updated every step
   ))
+  c.ema = ema_config(0.9999)   # teacher EMA momentum, cosine to 1, updated every step
   c.model.posemb = "mae"
   c.model.projector.depth = 0
   c.model.drop_path = 0.25     # student encoder: linear ramp 0 -> 0.25 (PCAE's --drop_path)
@@ -86,8 +86,6 @@ def validate(config) -> None:
                       "keep_ratio or lower num_stages/mask_ratio)")
   if len(set(drop_layers(depth, p.num_stages, p.drop_case))) != p.num_stages:
     raise ConfigError("pcae.num_stages", p.num_stages, f"drop case {p.drop_case} needs distinct layers")
-  if not 0 <= p.momentum <= 1:
-    raise ConfigError("pcae.momentum", p.momentum, "must be in [0, 1]")
 
 
 class PCAE(GridMethod):
@@ -112,9 +110,6 @@ class PCAE(GridMethod):
     latent = jnp.zeros((1, 1 + self.len_keep, self.width), jnp.float32)
     dec = self.decoder.init(k_dec, latent, vis, qry)["params"]
     return {"encoder": enc, "decoder": dec}, jax.tree.map(jnp.copy, enc)
-
-  def momentum(self, step):
-    return schedules.ema_momentum(step, total_steps=self.config.total_steps, base=self.config.pcae.momentum)
 
   def forward(self, params, ema_params, images, shuffle, drop_key=None, dropout_keys=None):
     patches = views.patchify(images, self.patch_size, 0)
