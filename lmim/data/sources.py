@@ -1,7 +1,8 @@
 """Random-access image sources and the statistics used to normalise them.
 
 `open_source(data, split, data_dir)` understands three kinds of `data`:
-  'mnist5k'        the embedded default (lmim.data.embedded), prepared on first use
+  'mnist5k'        the embedded datasets (lmim.data.mnist5k, lmim.data.shapes: 'shapes10k'),
+                   prepared on first use
   'folder:<root>'  a local image folder, one subfolder per class (see `open_folder`)
   any other name   a prepared TFDS dataset in array_record format, read with `tfds.data_source`
                    (no TensorFlow needed; tfrecord-only datasets must be rebuilt)
@@ -22,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from lmim.data import embedded, location, shapes
+from lmim.data import location, mnist5k, shapes
 from lmim.errors import ConfigError, DataNotPreparedError, first_line
 
 log = logging.getLogger("lmim")
@@ -58,7 +59,7 @@ KNOWN_STATS = {
     "imagenet2012": IMAGENET_STATS,
 }
 # The datasets that ship with lmim (built into the data directory on first use): name -> preparer.
-EMBEDDED = {embedded.NAME: embedded.ensure_prepared, shapes.NAME: shapes.ensure_prepared}
+EMBEDDED = {mnist5k.NAME: mnist5k.ensure_prepared, shapes.NAME: shapes.ensure_prepared}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _MAX_STAT_EXAMPLES = 1024
