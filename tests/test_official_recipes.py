@@ -1,7 +1,7 @@
 """Every recipe as its authors ran it: the pieces where lmim follows each official code base —
 stochastic depth and dropout in pretraining, the token-level Huber, data2vec's BEiT backbone and
 recipe, PCAE's teacher, I-JEPA's optimiser, CMAE's InfoNCE, the per-method weight-decay rules,
-ColorJitter. (The ablation ladder's setting is in test_configs.py, I-JEPA's masks in
+ColorJitter. (The ablation ladder's setting is in test_shipped_configs.py, I-JEPA's masks in
 test_method_invariants.py.)"""
 import jax
 import jax.numpy as jnp

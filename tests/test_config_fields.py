@@ -1,4 +1,6 @@
-"""Bad input: one clear line naming the field, the value and what is valid, before compiling."""
+"""The config's fields: bad input is one clear line naming the field, the value and what is valid,
+before compiling; durations and mesh shapes resolve; the README's table names real fields; a
+checkpoint saved under renamed fields still resumes."""
 import pytest
 
 from lmim import config_lib, sharding, train
