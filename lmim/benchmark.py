@@ -1,4 +1,4 @@
-"""Train-step benchmark on synthetic data: compile time, step time, images/s, FLOPs, FLOP/s.
+"""Train-step benchmark on synthetic data, measured against the machine it runs on.
 
     python -m lmim.benchmark --config configs/lmim_vitb16_in1k.py:variant=Ti/16 \
         --config.batch_size=8 --config.sim_reg.group_size=8 --steps 10
@@ -7,18 +7,186 @@
 The step is the trainer's own (same jit, shardings and donation); images are random, so no
 dataset is needed. FLOPs are XLA's count for the compiled step (per optimiser step, all devices;
 with accum_steps > 1 XLA counts the scanned micro-step body once, so the figure is scaled by
-accum_steps). Speed targets belong here, never in timed tests.
+accum_steps).
+
+Absolute times belong to one machine at one moment (a busy neighbour doubles them), so the
+benchmark also measures, in the same process and window, what this machine's matmuls reach: a
+jitted chain of large square matmuls in the step's dtype, before and after the timed steps. The
+report's headline is the ratio achieved FLOP/s ÷ that peak, which carries across machines of one
+kind. A `jax.profiler` trace of a few more steps gives the time of each phase of the step (target
+encoder, online encoder and projector forward/backward, decoder, loss, EMA, optimiser: the
+`jax.named_scope` names of lmim.methods.base.PHASES, read back from the compiled program's op
+metadata). Speed targets belong here, never in timed tests.
 """
+import collections
+import gzip
+import json
+import os
+import pathlib
+import platform
+import re
 import statistics
+import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lmim import data, train
+from lmim.methods.base import PHASES
+from lmim.models import DTYPES
+
+PEAK_SIZE = 1024   # square matmuls of this side reach the CPU's peak here (512 does not)
+PEAK_CHAIN = 8     # matmuls per call: one dispatch is amortised over ~17 GFLOP
 
 
-def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channels: int = 3) -> dict:
+def machine() -> str:
+  """The machine in words: CPU model and cores, or the accelerator kind and count."""
+  dev = jax.devices()
+  if dev[0].platform != "cpu":
+    return f"{len(dev)} x {dev[0].device_kind}"
+  model = platform.processor() or "cpu"
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        model = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return f"{model}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+
+
+def matmul_peak(dtype: str = "float32", *, size: int = PEAK_SIZE, chain: int = PEAK_CHAIN, reps: int = 5,
+                devices=None) -> list[float]:
+  """FLOP/s of `reps` calls of a jitted chain of `chain` (size × size) matmuls on every device
+  (one chain per device, data-parallel): what this machine's matmuls reach, in `dtype`."""
+  devices = devices or jax.devices()
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+  shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+  k1, k2 = jax.random.split(jax.random.key(0))
+  n = len(devices)
+  x = jax.device_put(jax.random.normal(k1, (n, size, size), jnp.float32).astype(DTYPES[dtype]), shard)
+  # Scaled so the chain neither overflows nor underflows: each product keeps x's magnitude.
+  w = jax.device_put((jax.random.normal(k2, (n, size, size), jnp.float32) / size ** 0.5).astype(DTYPES[dtype]), shard)
+
+  @jax.jit
+  def run(x, w):
+    for _ in range(chain):
+      x = jnp.einsum("dij,djk->dik", x, w)
+    return x
+
+  jax.block_until_ready(run(x, w))
+  out = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(x, w))
+    out.append(2 * size ** 3 * chain * n / (time.perf_counter() - t0))
+  return out
+
+
+###################################################################################################
+# Phases from a profiler trace.
+###################################################################################################
+
+_INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* (.*)$|^\s*(?:ROOT )?%([\w.\-]+) = (.*)$")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
+_DOT = re.compile(r"^dot\(%([\w.\-]+), %[\w.\-]+\).*lhs_contracting_dims=\{([\d,]*)\}")
+
+
+def parse_hlo(hlo_text: str) -> dict[str, tuple[list[str], float]]:
+  """Executed instruction name -> (the op_name metadata of it and of the computations it `calls`, the matmul
+  FLOPs in them), from a compiled module's text. The CPU runtime names each executed thunk after
+  its instruction, so this maps a trace event back to the JAX code it came from and its work."""
+  comps, current = {}, None
+  for line in hlo_text.splitlines():
+    if line.endswith("{") and not line.startswith(" ") and "=" not in line.split("(")[0]:
+      current = line.split("(")[0].replace("ENTRY", "").strip().lstrip("%")
+      comps[current] = []
+    elif current is not None and (m := _INSTR.match(line)):
+      if m[1]:   # an array-shaped instruction: name, dtype, dims, the rest
+        dims = [int(d) for d in m[3].split(",") if d]
+        comps[current].append((m[1], dims, m[4]))
+      else:      # tuple-shaped and the like
+        comps[current].append((m[5], None, m[6]))
+
+  def summary(instrs, shapes):
+    names, flops = [], 0.0
+    for _, dims, rest in instrs:
+      names += _OP_NAME.findall(rest)
+      d = _DOT.match(rest)
+      if d and dims is not None and shapes.get(d[1]) is not None:
+        contracted = np.prod([shapes[d[1]][int(i)] for i in d[2].split(",") if i] or [1])
+        flops += 2.0 * float(np.prod(dims or [1])) * float(contracted)
+    return names, flops
+  shapes = {c: {name: dims for name, dims, _ in ins} for c, ins in comps.items()}
+  by_comp = {c: summary(ins, shapes[c]) for c, ins in comps.items()}
+  # Fusion bodies (`calls=`) and reducers (`to_apply=`) run inside their caller's thunk; every
+  # other computation's instructions (the entry, loop bodies) are thunks of their own.
+  inner = {c for ins in comps.values() for _, _, rest in ins for c in re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", rest)}
+  out = {}
+  for comp, instrs in comps.items():
+    if comp in inner:
+      continue
+    for instr in instrs:
+      names, flops = summary([instr], shapes[comp])
+      for c in _CALLS.findall(instr[2]):
+        names, flops = names + by_comp.get(c, ([], 0.0))[0], flops + by_comp.get(c, ([], 0.0))[1]
+      out[instr[0]] = (names, flops)
+  return out
+
+
+def phase_of(op_names: list[str]) -> str:
+  """The step phase most of a thunk's ops belong to: a PHASES scope, '(forward|backward)' for
+  the trained parts, the projector split from its encoder; 'other' when none (views, gathers,
+  random draws, gradient accumulation)."""
+  votes = collections.Counter()
+  for op in op_names:
+    scope = next((p for p in PHASES if re.search(rf"\b{p}\b", op)), None)
+    if scope is None:
+      votes["other"] += 1
+      continue
+    if scope == "online_encoder" and "/head/" in op:
+      scope = "projector"
+    if scope in ("online_encoder", "projector", "decoder", "loss"):
+      scope += " backward" if "transpose(" in op else " forward"
+    votes[scope] += 1
+  return votes.most_common(1)[0][0] if votes else "other"
+
+
+def profile_phases(run_step, hlo_text: str, steps: int = 3) -> dict[str, dict]:
+  """Per phase: seconds per step and matmul FLOPs per step. `steps` calls of `run_step()` run
+  under jax.profiler; every executed thunk's duration is summed by the phase of its ops. Thunks
+  may run concurrently on several threads, so the phases add up to the busy time, which can
+  exceed the wall time."""
+  ops = parse_hlo(hlo_text)
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp):
+      for _ in range(steps):
+        run_step()
+    traces = sorted(pathlib.Path(tmp).rglob("*.trace.json.gz"))
+    if not traces:
+      return {}
+    with gzip.open(traces[-1], "rt") as f:
+      events = json.load(f)["traceEvents"]
+  seconds, flops, seen = collections.Counter(), collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in ops:
+      names, f = ops[e["name"]]
+      phase = phase_of(names)
+      seconds[phase] += e["dur"] * 1e-6 / steps
+      flops[phase] += f / steps
+  return {p: {"seconds": seconds[p], "matmul_flops": flops[p]} for p in seconds}
+
+
+###################################################################################################
+# The benchmark.
+###################################################################################################
+
+
+def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channels: int = 3, peak: bool = True,
+              phases: bool = True) -> dict:
   info = data.DataInfo(name="synthetic", num_examples=1_281_167, num_classes=1000, channels=channels,
                        mean=(0.5,) * channels, std=(0.25,) * channels)
   setup = train.build(config, info, devices)
@@ -35,6 +203,9 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) * (k if k > 1 else 1)
+  step_devices = list(setup.mesh.devices.flat)
+  dtype = cfg.model.get("dtype", "float32")
+  peaks = matmul_peak(dtype, devices=step_devices) if peak else []  # before the steps ...
   times = []
   for i in range(warmup + steps):
     t0 = time.perf_counter()
@@ -42,18 +213,47 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       times.append(time.perf_counter() - t0)
+  if peak:
+    peaks += matmul_peak(dtype, devices=step_devices)                # ... and after: one window
   med = statistics.median(times)
-  return {"compile_s": compile_s, "median_step_s": med, "images_per_s": cfg.batch_size / med,
-          "flops_per_step": flops, "flops_per_s": flops / med, "steps": steps,
-          "batch_size": cfg.batch_size, "devices": len(setup.mesh.devices.flat),
-          "image_size": size, "loss": float(metrics["loss"])}
+  out = {"compile_s": compile_s, "median_step_s": med, "step_s_range": (min(times), max(times)),
+         "images_per_s": cfg.batch_size / med, "flops_per_step": flops, "flops_per_s": flops / med,
+         "steps": steps, "batch_size": cfg.batch_size, "devices": len(step_devices), "image_size": size,
+         "dtype": dtype, "loss": float(metrics["loss"]), "machine": machine()}
+  if peak:
+    out.update(peak_flops_per_s=statistics.median(peaks), peak_range=(min(peaks), max(peaks)),
+               peak_fraction=(flops / med) / statistics.median(peaks))
+  if phases:
+    holder = [state]
+
+    def run_step():
+      holder[0], m = compiled(holder[0], batch, setup.step_key)
+      jax.block_until_ready((holder[0], m))
+    out["phases"] = profile_phases(run_step, compiled.as_text())
+  return out
 
 
 def format_report(r: dict) -> str:
-  return (f"compile {r['compile_s']:.1f} s | median step {r['median_step_s'] * 1e3:.1f} ms | "
-          f"{r['images_per_s']:.2f} images/s | {r['flops_per_step'] / 1e9:.1f} GFLOP/step | "
-          f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s achieved | batch {r['batch_size']} at "
-          f"{r['image_size']} px on {r['devices']} device(s)")
+  lines = [f"{r['machine']}: batch {r['batch_size']} at {r['image_size']} px, {r['dtype']}, "
+           f"{r['devices']} device(s)"]
+  if "peak_fraction" in r:
+    lines.append(f"achieved/peak {r['peak_fraction']:.2f}: the step at {r['flops_per_s'] / 1e9:.1f} GFLOP/s, "
+                 f"this machine's {r['dtype']} matmuls at {r['peak_flops_per_s'] / 1e9:.1f} GFLOP/s "
+                 f"(range {r['peak_range'][0] / 1e9:.1f}-{r['peak_range'][1] / 1e9:.1f}, same window)")
+  lines.append(f"median step {r['median_step_s'] * 1e3:.1f} ms (range {r['step_s_range'][0] * 1e3:.1f}-"
+               f"{r['step_s_range'][1] * 1e3:.1f}) | {r['images_per_s']:.2f} images/s | "
+               f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step | compile {r['compile_s']:.1f} s")
+  ph = r.get("phases") or {}
+  if ph:
+    busy = sum(p["seconds"] for p in ph.values())
+    peak = r.get("peak_flops_per_s")
+    lines.append(f"phases (profiler; busy {busy * 1e3:.1f} ms/step summed over threads; matmul GFLOP from "
+                 "the compiled program" + ("; /peak = the phase's matmul FLOP/s over the peak" if peak else "") + "):")
+    for name, p in sorted(ph.items(), key=lambda kv: -kv[1]["seconds"]):
+      s, f = p["seconds"], p["matmul_flops"]
+      rate = f"{f / s / peak:5.2f}" if peak and s > 0 and f > 0 else "    -"
+      lines.append(f"  {name:<26} {s * 1e3:9.1f} ms {100 * s / busy:5.1f} % {f / 1e9:8.2f} GFLOP  /peak {rate}")
+  return "\n".join(lines)
 
 
 def main():

@@ -277,13 +277,16 @@ def main_train(train_fn):
 
 
 def main_benchmark(benchmark_fn, format_fn):
-  """lmim-benchmark --config configs/x.py[:arg] [--steps N] [--json]"""
+  """lmim-benchmark --config configs/x.py[:arg] [--steps N] [--nopeak] [--nophases] [--json]"""
   flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warmup steps).")
+  flags.DEFINE_bool("peak", True, "Measure this machine's matmul peak in the same window (achieved/peak).")
+  flags.DEFINE_bool("phases", True, "Break the step down by phase from a jax.profiler trace.")
   flags.DEFINE_bool("json", False, "Print the result as JSON.")
 
   def body(config, _):
     import json  # pylint: disable=import-outside-toplevel
-    result = guard(lambda: benchmark_fn(config, steps=flags.FLAGS.steps))
+    f = flags.FLAGS
+    result = guard(lambda: benchmark_fn(config, steps=f.steps, peak=f.peak, phases=f.phases))
     print(json.dumps(result) if flags.FLAGS.json else format_fn(result))
   run_app(body)
 

@@ -124,7 +124,8 @@ def _build(config, info, devices, source) -> Setup:
     key = jax.random.fold_in(key, step)
     # Targets first (docs/latent_mim.md §7): one EMA step per optimiser step, from the previous
     # online weights.
-    ema = None if state.ema_params is None else method.update_targets(state.ema_params, state.params, step)
+    with jax.named_scope("ema_update"):  # phase names: lmim.methods.base.PHASES
+      ema = None if state.ema_params is None else method.update_targets(state.ema_params, state.params, step)
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
 
     def micro_step(grads, xs):
@@ -145,8 +146,9 @@ def _build(config, info, devices, source) -> Setup:
       poison = jnp.where(step + 1 == cfg.debug.nan_at_step, jnp.nan, 0.0)
       grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
       metrics["loss"] = metrics["loss"] + poison
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimizer"):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     metrics.update(grad_norm=optax.tree.norm(grads), lr=lr_fn(step))
     if cfg.optim.get("weight_decay_end") is not None:
       metrics["weight_decay"] = jnp.asarray(wd_fn(step), jnp.float32)

@@ -39,6 +39,11 @@ from lmim.errors import ConfigError
 from lmim.methods.common import ema_update, encode_full_images
 from lmim.models import encoder_dims
 
+# The phases of a step, as jax.named_scope names: a method wraps its target encoder, online encoder,
+# decoder (predictor, head) and loss in these; the trainer its EMA and optimiser updates. They change
+# nothing but the names XLA keeps, which lmim.benchmark reads to break a profiled step down.
+PHASES = ("target_encoder", "online_encoder", "decoder", "loss", "ema_update", "optimizer")
+
 # Target tokens whose mean pairwise cosine exceeds this are collapsing (docs/latent_mim.md §9).
 COLLAPSE_SIM = 0.95
 

@@ -83,11 +83,14 @@ class Data2Vec(GridMethod):
   def forward(self, params, ema_params, images, mask, dropout_keys=None):
     d = self.config.data2vec
     patches = views.patchify(images, self.patch_size, 0)
-    teacher = self.encoder.apply({"params": ema_params}, patches, None)  # the whole grid, unmasked
+    with jax.named_scope("target_encoder"):  # phase names: lmim.methods.base.PHASES
+      teacher = self.encoder.apply({"params": ema_params}, patches, None)  # the whole grid, unmasked
     top = [losses.layer_norm_no_params(b[:, 1:], d.target_eps) for b in teacher["blocks"][-d.top_k_layers:]]
     target = jax.lax.stop_gradient(losses.layer_norm_no_params(sum(top) / len(top), d.target_eps))
-    student = run(self.encoder, params["encoder"], patches, None, token_mask=mask, dropout_keys=dropout_keys)
-    pred = self.head.apply({"params": params["head"]}, student["patches"])
+    with jax.named_scope("online_encoder"):
+      student = run(self.encoder, params["encoder"], patches, None, token_mask=mask, dropout_keys=dropout_keys)
+    with jax.named_scope("decoder"):  # the linear regression head
+      pred = self.head.apply({"params": params["head"]}, student["patches"])
     per_token = jax.vmap(jax.vmap(lambda p, t: losses.smooth_l1(p, t, self.config.data2vec.loss_beta)))(pred, target)
     m = mask.astype(jnp.float32)
     loss = jnp.sum(per_token * m) / jnp.maximum(m.sum(), 1.0)

@@ -171,15 +171,18 @@ class IJEPA(GridMethod):
   def forward(self, params, ema_params, images, ctx_ids, ctx_valid, tgt_ids, tgt_valid):
     patches = views.patchify(images, self.patch_size, 0)
     b, m, kt = tgt_ids.shape
-    full = self.encoder.apply({"params": ema_params}, patches, None)["patches"]
+    with jax.named_scope("target_encoder"):  # phase names: lmim.methods.base.PHASES
+      full = self.encoder.apply({"params": ema_params}, patches, None)["patches"]
     full = jax.lax.stop_gradient(losses.layer_norm_no_params(full))
     target = views.gather_tokens(full, tgt_ids.reshape(b, m * kt)).reshape(b * m, kt, -1)
-    s_x = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, ctx_ids), ctx_ids,
-                             key_mask=ctx_valid)["patches"]
+    with jax.named_scope("online_encoder"):
+      s_x = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, ctx_ids), ctx_ids,
+                               key_mask=ctx_valid)["patches"]
     rep = lambda x: jnp.repeat(x, m, axis=0)   # one predictor sequence per target block
     valid = tgt_valid.reshape(b * m, kt)
-    pred = self.predictor.apply({"params": params["predictor"]}, rep(s_x), rep(ctx_ids), tgt_ids.reshape(b * m, kt),
-                                visible_mask=rep(ctx_valid), query_mask=valid)[:, self.context_tokens:]
+    with jax.named_scope("decoder"):  # the predictor
+      pred = self.predictor.apply({"params": params["predictor"]}, rep(s_x), rep(ctx_ids), tgt_ids.reshape(b * m, kt),
+                                  visible_mask=rep(ctx_valid), query_mask=valid)[:, self.context_tokens:]
     per_elem = jax.vmap(jax.vmap(lambda p, t: losses.smooth_l1(p, t, self.config.ijepa.loss_beta)))(pred, target)
     w = valid.astype(jnp.float32)
     loss = jnp.sum(per_elem * w) / jnp.maximum(w.sum(), 1.0)  # the mean over every real element

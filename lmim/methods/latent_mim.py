@@ -184,22 +184,26 @@ class LatentMIM(GridMethod):
     # What the target encoder sees: the targets only, or every patch (targets last).
     encoded_idx = target_idx if self.config.views.mask_target else shuffle
     trg_params, trg_grad = self.target_params(params, ema_params)
-    target_out = self.encoder.apply({"params": trg_params}, views.gather_tokens(patches, encoded_idx),
-                                    encoded_idx)["projected"]
+    with jax.named_scope("target_encoder"):  # phase names: lmim.methods.base.PHASES
+      target_out = self.encoder.apply({"params": trg_params}, views.gather_tokens(patches, encoded_idx),
+                                      encoded_idx)["projected"]
     z_trg = target_out[:, -self.num_targets:]
     if not trg_grad:
       z_trg = jax.lax.stop_gradient(z_trg)
-    z_vis = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, visible_idx),
-                               visible_idx, deterministic=dropout_keys is None, dropout_keys=dropout_keys)["projected"]
-    pred, inter = self.decoder.apply({"params": params["decoder"]}, z_vis, visible_idx, target_idx,
-                                     mutable=["intermediates"])
+    with jax.named_scope("online_encoder"):
+      z_vis = self.encoder.apply({"params": params["encoder"]}, views.gather_tokens(patches, visible_idx), visible_idx,
+                                 deterministic=dropout_keys is None, dropout_keys=dropout_keys)["projected"]
+    with jax.named_scope("decoder"):
+      pred, inter = self.decoder.apply({"params": params["decoder"]}, z_vis, visible_idx, target_idx,
+                                       mutable=["intermediates"])
     z_pred = pred[:, -self.num_targets:]  # cross decoder: CLS first; self decoder: visible first
-    loss_main = self.reconstruction_loss(z_pred, z_trg)
-    coeff, group = self.config.sim_reg.coeff, self.config.sim_reg.group_size or images.shape[0]
-    loss = loss_main
-    if coeff > 0:
-      loss = loss + coeff * (losses.sim_regularizer(z_pred, sim_target, group)
-                             + losses.sim_regularizer(z_vis[:, 1:], sim_target, group))
+    with jax.named_scope("loss"):
+      loss_main = self.reconstruction_loss(z_pred, z_trg)
+      coeff, group = self.config.sim_reg.coeff, self.config.sim_reg.group_size or images.shape[0]
+      loss = loss_main
+      if coeff > 0:
+        loss = loss + coeff * (losses.sim_regularizer(z_pred, sim_target, group)
+                               + losses.sim_regularizer(z_vis[:, 1:], sim_target, group))
     queries = inter.get("intermediates", {}).get("queries", (None,))[0]
     # Keys are the official code's names for these tensors (its parity checkpoints).
     return dict(patch_pix=patches, vis_idx=visible_idx, mask_idx=target_idx, trg_idx=encoded_idx,

@@ -72,13 +72,16 @@ class MAE(GridMethod):
     patches = views.patchify(images, self.patch_size, 0)                # (B, L, p·p·C)
     ids_restore = jnp.argsort(shuffle, axis=1)
     keep, removed = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
-    encoded = run(self.encoder, params["encoder"], views.gather_tokens(patches, keep), keep,
-                  dropout_keys=dropout_keys)
+    with jax.named_scope("online_encoder"):  # phase names: lmim.methods.base.PHASES
+      encoded = run(self.encoder, params["encoder"], views.gather_tokens(patches, keep), keep,
+                    dropout_keys=dropout_keys)
     latent = encoded["encoded"]
-    out = run(self.decoder, params["decoder"], latent, keep, removed, dropout_keys=dropout_keys)  # [kept, removed]
+    with jax.named_scope("decoder"):
+      out = run(self.decoder, params["decoder"], latent, keep, removed, dropout_keys=dropout_keys)  # [kept, removed]
     pred = views.gather_tokens(out, ids_restore)                        # back to grid order
     mask = (ids_restore >= self.len_keep).astype(jnp.float32)           # 1 = removed
-    loss = losses.norm_pix_mse(pred, patches, mask, self.norm_pix_loss)
+    with jax.named_scope("loss"):
+      loss = losses.norm_pix_mse(pred, patches, mask, self.norm_pix_loss)
     return dict(latent=latent, mask=mask, ids_restore=ids_restore, pred=pred, target_patches=patches,
                 loss=loss, encoder_out=encoded, keep=keep)
 

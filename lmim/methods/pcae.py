@@ -114,16 +114,19 @@ class PCAE(GridMethod):
   def forward(self, params, ema_params, images, shuffle, drop_key=None, dropout_keys=None):
     patches = views.patchify(images, self.patch_size, 0)
     visible, masked = shuffle[:, :self.len_keep], shuffle[:, self.len_keep:]
-    teacher = self.teacher.apply({"params": ema_params}, views.gather_tokens(patches, masked), masked,
-                                 reduce=self.reduce, reduce_key=drop_key)
+    with jax.named_scope("target_encoder"):  # phase names: lmim.methods.base.PHASES
+      teacher = self.teacher.apply({"params": ema_params}, views.gather_tokens(patches, masked), masked,
+                                   reduce=self.reduce, reduce_key=drop_key)
     retained = teacher["ids"]                                               # (B, counts[-1])
     t = teacher["patches"]  # engine_pretrain.py: (t − mean) / (var_unbiased + 1e-6)^½ per token
     t = (t - t.mean(-1, keepdims=True)) / jnp.sqrt(jnp.var(t, axis=-1, keepdims=True, ddof=1) + 1e-6)
     target = jax.lax.stop_gradient(t)
-    latent = run(self.encoder, params["encoder"], views.gather_tokens(patches, visible), visible,
-                 dropout_keys=dropout_keys)["encoded"]
-    pred = run(self.decoder, params["decoder"], latent, visible, retained,
-               dropout_keys=dropout_keys)[:, self.len_keep:]
+    with jax.named_scope("online_encoder"):
+      latent = run(self.encoder, params["encoder"], views.gather_tokens(patches, visible), visible,
+                   dropout_keys=dropout_keys)["encoded"]
+    with jax.named_scope("decoder"):
+      pred = run(self.decoder, params["decoder"], latent, visible, retained,
+                 dropout_keys=dropout_keys)[:, self.len_keep:]
     return dict(loss=losses.cosine_distance(pred, target), retained=retained, pred=pred, target=target)
 
   def loss(self, params, ema_params, batch, keys, step, train: bool = True):

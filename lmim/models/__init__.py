@@ -1,4 +1,5 @@
 """Networks: the ViT encoder (+ projector), the decoders, position embeddings; builders from config."""
+import jax
 import jax.numpy as jnp
 
 from lmim.errors import ConfigError
@@ -30,6 +31,18 @@ def compute_dtype(model_cfg):
   return DTYPES[name]
 
 
+BARRIER_MODES = ("auto", "on", "off")
+
+
+def cotangent_barriers(model_cfg) -> bool:
+  """model.cotangent_barriers: 'on', 'off', or 'auto' = on where the step runs on XLA:CPU (whose
+  fusion recomputes residual-stream cotangents per consumer; TPU/GPU fusion does not need it)."""
+  mode = model_cfg.get("cotangent_barriers", "auto")
+  if mode not in BARRIER_MODES:
+    raise ConfigError("model.cotangent_barriers", mode, f"one of {list(BARRIER_MODES)}")
+  return mode == "on" or (mode == "auto" and jax.default_backend() == "cpu")
+
+
 def _check_width(field: str, width: int, heads: int, heads_field: str, what: str):
   if heads < 1 or width % heads:
     raise ConfigError(heads_field, heads, f"must divide the {what} width {width}")
@@ -41,6 +54,7 @@ def validate_model(model_cfg, *, decoder: bool = True, projector: bool = True) -
   """Checks shared by every method: sizes that cannot build, unknown names."""
   d = encoder_dims(model_cfg)
   compute_dtype(model_cfg)
+  cotangent_barriers(model_cfg)
   _check_width("model.width", d["width"], d["num_heads"], "model.num_heads", "encoder")
   if d["depth"] < 1:
     raise ConfigError("model.depth", d["depth"], "must be >= 1")
@@ -86,7 +100,7 @@ def build_encoder(model_cfg, projector: bool = True, **overrides) -> Encoder:
             proj_drop=model_cfg.get("proj_drop", 0.0), layer_scale=model_cfg.get("layer_scale"),
             qkv_bias=model_cfg.get("qkv_bias", "qkv"), rel_pos_bias=model_cfg.get("rel_pos_bias", False),
             abs_pos=model_cfg.get("abs_pos", True), init_style=model_cfg.get("init", "xavier"),
-            dtype=compute_dtype(model_cfg))
+            dtype=compute_dtype(model_cfg), barriers=cotangent_barriers(model_cfg))
   kw.update(overrides)
   return Encoder(**kw)
 
@@ -98,7 +112,8 @@ def build_decoder(model_cfg, out_dim: int | None = None, kind: str | None = None
   kw = dict(width=dec.width, depth=dec.depth, num_heads=dec.num_heads, out_dim=out_dim or d["width"],
             grid_size=model_cfg.grid_size, mlp_ratio=model_cfg.mlp_ratio, freeze_pe=model_cfg.freeze_pe,
             posemb=model_cfg.get("posemb", "lmim"), remat=model_cfg.remat, dtype=compute_dtype(model_cfg),
-            drop_path=dec.get("drop_path", 0.0), init_style=model_cfg.get("init", "xavier"))
+            drop_path=dec.get("drop_path", 0.0), init_style=model_cfg.get("init", "xavier"),
+            barriers=cotangent_barriers(model_cfg))
   kw.update(overrides)
   if (kind or dec.get("type", "cross")) == "self":
     return SelfAttentionDecoder(**kw)

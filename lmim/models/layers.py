@@ -218,6 +218,7 @@ class Block(nn.Module):
   layer_scale: float | None = None
   qkv_bias: str = "qkv"
   init_style: str = "xavier"
+  barriers: bool = False    # cotangent barriers on the residual stream (see cotangent_barrier)
 
   def _scale(self, name, y):
     if self.layer_scale is None:
@@ -230,12 +231,42 @@ class Block(nn.Module):
     rate = self.drop_path if rate is None else rate
     attn = SelfAttention(self.num_heads, self.dtype, self.qkv_bias, self.attn_drop, self.proj_drop,
                          self.init_style, name="attn")
+    x = residual_input(x, self.barriers)
     y = self._scale("gamma_1", attn(layer_norm("norm1")(x), key_mask, attn_bias, keys, deterministic))
-    x = x + drop_path(y, rate, keys, DROP_PATH_ATTN, deterministic)
+    x = residual_input(x + drop_path(y, rate, keys, DROP_PATH_ATTN, deterministic), self.barriers)
     hidden = int(x.shape[-1] * self.mlp_ratio)
     y = self._scale("gamma_2", Mlp(hidden, self.dtype, self.proj_drop, self.init_style, name="mlp")(
         layer_norm("norm2")(x), keys, deterministic))
     return x + drop_path(y, rate, keys, DROP_PATH_MLP, deterministic)
+
+
+# XLA:CPU fuses the elementwise backward of a residual stream (LayerNorm backward, residual adds)
+# into every consumer of its cotangent — including the transposed copies that feed each
+# weight-gradient matmul — so the whole chain through every later block is recomputed once per
+# consumer, in transposed order (≈ 12 % of a Ti/16 Latent MIM step). A cotangent barrier is the
+# identity forward; backward it passes the cotangent through a conditional, a computation of its
+# own that XLA cannot fuse across, so the cotangent is computed once. (jax.lax.optimization_barrier
+# does not do this: XLA:CPU expands it away before fusion.) The values are untouched; it is a
+# fusion boundary only, on by default where XLA:CPU runs the step (model.cotangent_barriers).
+@jax.custom_vjp
+def cotangent_barrier(x):
+  return x
+
+
+def _barrier_fwd(x):
+  return x, jnp.isfinite(x.reshape(-1)[0])  # a runtime predicate: a constant one is folded away
+
+
+def _barrier_bwd(pred, g):
+  return (jax.lax.cond(pred, lambda t: t, lambda t: t * 1.0, g),)  # branches must differ in form
+
+
+cotangent_barrier.defvjp(_barrier_fwd, _barrier_bwd)
+
+
+def residual_input(x, barrier: bool):
+  """x as a sub-layer reads it from the residual stream: with a cotangent barrier when `barrier`."""
+  return cotangent_barrier(x) if barrier else x
 
 
 class CrossBlock(nn.Module):
@@ -244,11 +275,15 @@ class CrossBlock(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
+  barriers: bool = False    # cotangent barriers on the residual stream (see cotangent_barrier)
 
   @nn.compact
   def __call__(self, q, memory):
+    q = residual_input(q, self.barriers)
     q = q + SelfAttention(self.num_heads, self.dtype, name="self_attn")(layer_norm("norm1")(q))
+    q = residual_input(q, self.barriers)
     q = q + CrossAttention(self.num_heads, self.dtype, name="cross_attn")(
         layer_norm("norm2q")(q), layer_norm("norm2kv")(memory))
+    q = residual_input(q, self.barriers)
     hidden = int(q.shape[-1] * self.mlp_ratio)
     return q + Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm3")(q))

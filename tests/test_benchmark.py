@@ -1,0 +1,66 @@
+"""lmim.benchmark: the in-process matmul peak, the matmul FLOPs read from a compiled program, the
+phase of each executed op, and the report on a tiny Latent MIM step."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmim import benchmark
+from tiny import tiny_config
+
+
+def test_matmul_flops_are_read_from_the_compiled_program():
+  """Forward and backward of x·w·v: 2 matmuls forward, 3 in the gradient w.r.t. w and v (the
+  input's gradient is not asked for), each 2·m·k·n FLOPs; elementwise work counts nothing."""
+  m, k, n = 64, 96, 48
+
+  def f(w, v, x):
+    with jax.named_scope("decoder"):
+      h = jnp.tanh(x @ w)
+    with jax.named_scope("loss"):
+      return jnp.sum((h @ v) ** 2)
+  args = (jnp.ones((k, n)), jnp.ones((n, 32)), jnp.ones((m, k)))
+  hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(*args).compile().as_text()
+  ops = benchmark.parse_hlo(hlo)
+  total = sum(flops for _, flops in ops.values())
+  expected = 2 * (m * k * n + m * n * 32) + 2 * (m * n * 32 + m * 32 * n + k * m * n)
+  assert total == expected
+  by_phase = {}
+  for names, flops in ops.values():
+    by_phase[benchmark.phase_of(names)] = by_phase.get(benchmark.phase_of(names), 0) + flops
+  assert by_phase.get("decoder forward", 0) == 2 * m * k * n
+  assert by_phase.get("decoder backward", 0) == 2 * k * m * n           # dL/dw = xᵀ·(dL/dh ⊙ tanh')
+
+
+def test_each_op_goes_to_its_phase():
+  p = benchmark.phase_of
+  assert p(["jit(update)/jvp(target_encoder)/Encoder/blocks_0/mlp/fc1/dot_general"]) == "target_encoder"
+  assert p(["jit(update)/jvp(online_encoder)/Encoder/head/linear0/dot_general"]) == "projector forward"
+  assert p(["jit(update)/transpose(jvp(online_encoder))/Encoder/blocks_0/attn"]) == "online_encoder backward"
+  assert p(["jit(update)/transpose(jvp(decoder))/x", "jit(update)/transpose(jvp(decoder))/y",
+            "jit(update)/jvp(loss)/z"]) == "decoder backward"                  # the majority
+  assert p(["jit(update)/optimizer/mul"]) == "optimizer" and p(["jit(update)/ema_update/add"]) == "ema_update"
+  assert p(["jit(update)/jvp(vmap())/threefry"]) == "other" and p([]) == "other"
+
+
+def test_matmul_peak_counts_the_flops_of_its_chain(monkeypatch):
+  """The peak is FLOPs of the chain over the measured time (time made exact here)."""
+  clock = iter(np.arange(0.0, 100.0, 0.5))
+  monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+  rates = benchmark.matmul_peak(size=64, chain=3, reps=2, devices=jax.devices()[:2])
+  assert rates == [2 * 64 ** 3 * 3 * 2 / 0.5] * 2
+
+
+@pytest.mark.slow
+def test_benchmark_reports_achieved_over_peak_and_every_phase():
+  r = benchmark.benchmark(tiny_config(), steps=2, warmup=1, devices=jax.devices()[:1])
+  assert r["peak_fraction"] == pytest.approx(r["flops_per_s"] / r["peak_flops_per_s"])
+  assert r["peak_range"][0] <= r["peak_flops_per_s"] <= r["peak_range"][1]
+  phases = r["phases"]
+  for name in ("target_encoder", "online_encoder forward", "online_encoder backward", "projector forward",
+               "decoder forward", "decoder backward", "loss forward", "optimizer", "ema_update"):
+    assert phases.get(name, {}).get("seconds", 0) > 0, (name, sorted(phases))
+  # Every matmul of the step is in a named phase: none is left to 'other' (views, draws, sums).
+  assert phases.get("other", {}).get("matmul_flops", 0) == 0
+  report = benchmark.format_report(r)
+  assert "achieved/peak" in report and "decoder backward" in report
