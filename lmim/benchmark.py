@@ -170,7 +170,7 @@ def profile_phases(run_step, hlo_text: str, steps: int = 3) -> dict[str, dict]:
       return {}
     with gzip.open(traces[-1], "rt") as f:
       events = json.load(f)["traceEvents"]
-  seconds, flops, seen = collections.Counter(), collections.Counter(), collections.Counter()
+  seconds, flops = collections.Counter(), collections.Counter()
   for e in events:
     if e.get("ph") == "X" and e.get("name") in ops:
       names, f = ops[e["name"]]
