@@ -86,3 +86,20 @@ def test_an_evaluation_preset_measures_raw_pixels_by_the_same_protocols():
     assert pix.evals[name].feature == "pixels"
     assert {k: v for k, v in pix.evals[name].items() if k != "feature"} == \
         {k: v for k, v in base.evals[name].items() if k != "feature"}
+
+
+def test_the_long_main_job_is_the_recipe_rows_run_field_for_field():
+  """`lmim_demo.py:long` is what the README's three seeds measured: the recipe sweep's w128_d6 row
+  at 2,400 steps. Every field that changes what is trained is the same (evals, checkpointing and
+  logging may differ); its evals put raw pixels beside NN, k-NN and the linear probe."""
+  from configs.studies import laptop_recipe  # pylint: disable=import-outside-toplevel
+  from lmim import config_lib, study  # pylint: disable=import-outside-toplevel
+  demo, _ = cli.load_config("configs/lmim_demo.py:long")
+  row = study.cell_config(laptop_recipe.get_config("steps=2400,knobs=w128_d6"), "w128_d6", 0)
+  assert config_lib.diff_configs(row.to_dict(), demo.to_dict()) == []
+  assert (demo.input.data, demo.total_steps, demo.model.width, demo.model.depth) == ("shapes10k", 2400, 128, 6)
+  for name in ("nn", "knn", "linear"):
+    assert demo.evals[name].feature == "pooled_pre_norm" and demo.evals[f"{name}_pixels"].feature == "pixels"
+    assert {k: v for k, v in demo.evals[name].items() if k not in ("feature", "at_init")} == \
+        {k: v for k, v in demo.evals[f"{name}_pixels"].items() if k not in ("feature", "at_init")}
+  assert demo.evals.nn.at_init
