@@ -45,6 +45,8 @@ def base_config(method: str = "latent_mim") -> mlc.ConfigDict:
       dtype="float32",         # matmul dtype; 'bfloat16' for speed on TPU/GPU (softmax, LN, loss stay f32)
       remat="none",            # per-block rematerialisation: 'none', 'full' (keep only block inputs),
                                # 'dots' (keep matmul outputs), 'dots_no_batch' (keep weight-only matmuls)
+      attention="plain",       # 'plain' (reference einsums), or fused jax.nn.dot_product_attention:
+                               # 'xla' (CPU/TPU) or 'cudnn' (GPU); no attention dropout when fused
       cotangent_barriers="auto",  # 'auto' (on under XLA:CPU), 'on', 'off': a fusion boundary on the
                                # residual stream's gradient, same values (lmim.models.layers)
       scan_layers=False,       # encoder blocks as one lax.scan over stacked weights: compile time and

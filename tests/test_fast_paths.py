@@ -9,10 +9,16 @@ from lmim import config_lib, methods, views
 from tiny import tiny_config
 
 
-def loss_and_grads(method_name, **overrides):
+def loss_and_grads(method_name, perturb: bool = False, **overrides):
+  """Loss, gradients and compiled program of one tiny batch; `perturb` moves every parameter off
+  its initial value (zero-initialised ones too: data2vec's relative position bias, mask tokens)."""
   cfg = config_lib.resolve(tiny_config(method_name, **overrides), 4000)
   m = methods.build(cfg, 3)
   params, ema = m.init(jax.random.key(0))
+  if perturb:
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
   size = m.train_image_size
   batch = {"image": jax.random.normal(jax.random.key(1), (cfg.batch_size, size, size, 3))}
   keys = views.example_keys(jax.random.key(2), jnp.arange(cfg.batch_size))
@@ -45,3 +51,37 @@ def test_barrier_mode_is_validated_and_auto_follows_the_backend():
   c.model.cotangent_barriers = "sometimes"
   with pytest.raises(ConfigError, match="model.cotangent_barriers"):
     cotangent_barriers(c.model)
+
+
+def test_fused_attention_equals_the_plain_one_with_masks_and_bias():
+  k = jax.random.split(jax.random.key(0), 5)
+  q, kk, v = (jax.random.normal(k[i], (2, 7, 3, 8)) for i in range(3))
+  bias = jax.random.normal(k[3], (1, 3, 7, 7))
+  key_mask = jax.random.bernoulli(k[4], 0.7, (2, 7)).at[:, 0].set(True)   # every query sees a key
+  from lmim.models import layers  # pylint: disable=import-outside-toplevel
+  for args in [(), (key_mask,), (None, bias), (key_mask, bias)]:
+    plain = layers.attention(q, kk, v, *args)
+    fused = layers.attention(q, kk, v, *args, impl="xla")
+    np.testing.assert_allclose(fused, plain, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("method", ["latent_mim", "mae", "data2vec", "ijepa"])
+def test_fused_attention_gives_the_same_loss_and_gradients(method):
+  """Every attention of every network (encoder, cross and self decoders, I-JEPA's key-masked
+  predictor, data2vec's relative position bias) through jax.nn.dot_product_attention (XLA)."""
+  extra = {"model.attn_drop": 0.0} if method == "data2vec" else {}
+  loss_f, grads_f, _ = loss_and_grads(method, perturb=True, **{"model.attention": "xla", **extra})
+  loss_p, grads_p, _ = loss_and_grads(method, perturb=True, **{"model.attention": "plain", **extra})
+  assert abs(loss_f - loss_p) <= 1e-5 * max(1.0, abs(loss_p))
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_p))
+  for a, b in zip(jax.tree.leaves(grads_f), jax.tree.leaves(grads_p)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
+
+
+def test_fused_attention_refuses_attention_dropout():
+  from lmim import train  # pylint: disable=import-outside-toplevel
+  from lmim.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match="model.attention='xla' is invalid: 'plain' with model.attn_drop=0.1"):
+    train.prepare(tiny_config(**{"model.attention": "xla", "model.attn_drop": 0.1}))
+  with pytest.raises(ConfigError, match="model.attention='flash'"):
+    train.prepare(tiny_config(**{"model.attention": "flash"}))

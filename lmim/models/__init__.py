@@ -4,7 +4,7 @@ import jax.numpy as jnp
 
 from lmim.errors import ConfigError
 from lmim.models.decoder import CrossDecoder, SelfAttentionDecoder
-from lmim.models.layers import KERNEL_INITS
+from lmim.models.layers import ATTENTION_IMPLS, KERNEL_INITS
 from lmim.models.posemb import STYLES
 from lmim.models.vit import VARIANTS, Encoder, parse_variant
 
@@ -55,6 +55,12 @@ def validate_model(model_cfg, *, decoder: bool = True, projector: bool = True) -
   d = encoder_dims(model_cfg)
   compute_dtype(model_cfg)
   cotangent_barriers(model_cfg)
+  impl = model_cfg.get("attention", "plain")
+  if impl not in ATTENTION_IMPLS:
+    raise ConfigError("model.attention", impl, f"one of {list(ATTENTION_IMPLS)}")
+  if impl != "plain" and model_cfg.get("attn_drop", 0.0):
+    raise ConfigError("model.attention", impl, f"'plain' with model.attn_drop={model_cfg.attn_drop} (the fused "
+                      "attention has no dropout on the attention weights)")
   _check_width("model.width", d["width"], d["num_heads"], "model.num_heads", "encoder")
   if d["depth"] < 1:
     raise ConfigError("model.depth", d["depth"], "must be >= 1")
@@ -100,7 +106,8 @@ def build_encoder(model_cfg, projector: bool = True, **overrides) -> Encoder:
             proj_drop=model_cfg.get("proj_drop", 0.0), layer_scale=model_cfg.get("layer_scale"),
             qkv_bias=model_cfg.get("qkv_bias", "qkv"), rel_pos_bias=model_cfg.get("rel_pos_bias", False),
             abs_pos=model_cfg.get("abs_pos", True), init_style=model_cfg.get("init", "xavier"),
-            dtype=compute_dtype(model_cfg), barriers=cotangent_barriers(model_cfg))
+            dtype=compute_dtype(model_cfg), barriers=cotangent_barriers(model_cfg),
+            attention=model_cfg.get("attention", "plain"))
   kw.update(overrides)
   return Encoder(**kw)
 
@@ -113,7 +120,7 @@ def build_decoder(model_cfg, out_dim: int | None = None, kind: str | None = None
             grid_size=model_cfg.grid_size, mlp_ratio=model_cfg.mlp_ratio, freeze_pe=model_cfg.freeze_pe,
             posemb=model_cfg.get("posemb", "lmim"), remat=model_cfg.remat, dtype=compute_dtype(model_cfg),
             drop_path=dec.get("drop_path", 0.0), init_style=model_cfg.get("init", "xavier"),
-            barriers=cotangent_barriers(model_cfg))
+            barriers=cotangent_barriers(model_cfg), attention=model_cfg.get("attention", "plain"))
   kw.update(overrides)
   if (kind or dec.get("type", "cross")) == "self":
     return SelfAttentionDecoder(**kw)

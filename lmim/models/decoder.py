@@ -36,6 +36,7 @@ class _Decoder(nn.Module):
   drop_path: float = 0.0   # stochastic depth of every block (constant: PCAE's decoder)
   init_style: str = "xavier"  # kernel initialiser, lmim.models.layers.KERNEL_INITS
   barriers: bool = False   # cotangent barriers between sub-layers (lmim.models.layers.cotangent_barrier)
+  attention: str = "plain"  # lmim.models.layers.ATTENTION_IMPLS
 
   @property
   def has_dropout(self) -> bool:
@@ -74,7 +75,7 @@ class CrossDecoder(_Decoder):
 
     block = layers.remat(layers.CrossBlock, self.remat)
     for i in range(self.depth):
-      q = block(self.num_heads, self.mlp_ratio, self.dtype, self.barriers, name=f"blocks_{i}")(q, memory)
+      q = block(self.num_heads, self.mlp_ratio, self.dtype, self.barriers, self.attention, name=f"blocks_{i}")(q, memory)
     q = layers.layer_norm("norm")(q)
     return layers.dense(self.out_dim, "head", self.dtype)(q).astype(jnp.float32)
 
@@ -115,6 +116,7 @@ class SelfAttentionDecoder(_Decoder):
     for i in range(self.depth):
       keys = None if deterministic else layers.fold_keys(dropout_keys, i)
       x = block(self.num_heads, self.mlp_ratio, self.dtype, drop_path=self.drop_path, init_style=self.init_style,
-                barriers=self.barriers, name=f"blocks_{i}")(x, key_mask, deterministic, None, keys)
+                barriers=self.barriers, attention=self.attention, name=f"blocks_{i}")(x, key_mask, deterministic,
+                                                                                       None, keys)
     x = layers.layer_norm("norm")(x)
     return layers.dense(self.out_dim, "pred", self.dtype, init=self.init_style)(x[:, int(has_cls):]).astype(jnp.float32)

@@ -125,13 +125,28 @@ def drop_path(x, rate, keys, branch: int, deterministic: bool):
 ###################################################################################################
 
 
-def attention(q, k, v, key_mask=None, bias=None, drop: float = 0.0, keys=None, deterministic: bool = True):
+# model.attention: 'plain' is the reference (einsums, float32 logits and softmax); 'xla' and 'cudnn'
+# are jax.nn.dot_product_attention's fused implementations (XLA on CPU/TPU, cuDNN flash attention
+# on GPU), equal to the reference to float32 round-off (tests/test_fast_paths.py). The fused path
+# has no dropout on the attention weights.
+ATTENTION_IMPLS = ("plain", "xla", "cudnn")
+
+
+def attention(q, k, v, key_mask=None, bias=None, drop: float = 0.0, keys=None, deterministic: bool = True,
+              impl: str = "plain"):
   """softmax(q·kᵀ/√hd + bias)·v for (B, Lq, H, hd) x (B, Lk, H, hd); logits and softmax in float32.
 
   key_mask (B, Lk) bool, optional: False keys are ignored (padding with static shapes).
   bias (B or 1, H, Lq, Lk), optional: added to the logits (relative position bias).
   drop: dropout on the attention weights (per example, see `dropout`).
+  impl: 'plain' (this function's einsums) or a jax.nn.dot_product_attention implementation.
   """
+  if impl != "plain":
+    if drop and not deterministic:
+      raise ValueError(f"attention impl {impl!r} has no dropout on the attention weights: use 'plain'")
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    bias = None if bias is None else bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if bias is not None:
@@ -154,6 +169,7 @@ class SelfAttention(nn.Module):
   attn_drop: float = 0.0
   proj_drop: float = 0.0
   init_style: str = "xavier"
+  impl: str = "plain"       # ATTENTION_IMPLS
 
   @nn.compact
   def __call__(self, x, key_mask=None, bias=None, keys=None, deterministic: bool = True):
@@ -165,7 +181,7 @@ class SelfAttention(nn.Module):
       qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
     qkv = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads)
     out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask, bias, self.attn_drop, keys,
-                    deterministic).reshape(b, n, c)
+                    deterministic, self.impl).reshape(b, n, c)
     out = dense(c, "proj", self.dtype, init=self.init_style)(out)
     return dropout(out, self.proj_drop, keys, PROJ_DROP, deterministic)
 
@@ -174,6 +190,7 @@ class CrossAttention(nn.Module):
   """Queries attend to a memory; k and v share one fused projection (rows k | v)."""
   num_heads: int
   dtype: Dtype = jnp.float32
+  impl: str = "plain"       # ATTENTION_IMPLS
 
   @nn.compact
   def __call__(self, q, kv):
@@ -181,7 +198,7 @@ class CrossAttention(nn.Module):
     hd = c // self.num_heads
     q = dense(c, "q_proj", self.dtype)(q).reshape(b, lq, self.num_heads, hd)
     kv = dense(2 * c, "kv_proj", self.dtype)(kv).reshape(b, lk, 2, self.num_heads, hd)
-    out = attention(q, kv[:, :, 0], kv[:, :, 1]).reshape(b, lq, c)
+    out = attention(q, kv[:, :, 0], kv[:, :, 1], impl=self.impl).reshape(b, lq, c)
     return dense(c, "proj", self.dtype)(out)
 
 
@@ -219,6 +236,7 @@ class Block(nn.Module):
   qkv_bias: str = "qkv"
   init_style: str = "xavier"
   barriers: bool = False    # cotangent barriers on the residual stream (see cotangent_barrier)
+  attention: str = "plain"  # ATTENTION_IMPLS
 
   def _scale(self, name, y):
     if self.layer_scale is None:
@@ -230,7 +248,7 @@ class Block(nn.Module):
   def __call__(self, x, key_mask=None, deterministic: bool = True, rate=None, keys=None, attn_bias=None):
     rate = self.drop_path if rate is None else rate
     attn = SelfAttention(self.num_heads, self.dtype, self.qkv_bias, self.attn_drop, self.proj_drop,
-                         self.init_style, name="attn")
+                         self.init_style, self.attention, name="attn")
     x = residual_input(x, self.barriers)
     y = self._scale("gamma_1", attn(layer_norm("norm1")(x), key_mask, attn_bias, keys, deterministic))
     x = residual_input(x + drop_path(y, rate, keys, DROP_PATH_ATTN, deterministic), self.barriers)
@@ -276,13 +294,14 @@ class CrossBlock(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
   barriers: bool = False    # cotangent barriers on the residual stream (see cotangent_barrier)
+  attention: str = "plain"  # ATTENTION_IMPLS
 
   @nn.compact
   def __call__(self, q, memory):
     q = residual_input(q, self.barriers)
-    q = q + SelfAttention(self.num_heads, self.dtype, name="self_attn")(layer_norm("norm1")(q))
+    q = q + SelfAttention(self.num_heads, self.dtype, impl=self.attention, name="self_attn")(layer_norm("norm1")(q))
     q = residual_input(q, self.barriers)
-    q = q + CrossAttention(self.num_heads, self.dtype, name="cross_attn")(
+    q = q + CrossAttention(self.num_heads, self.dtype, self.attention, name="cross_attn")(
         layer_norm("norm2q")(q), layer_norm("norm2kv")(memory))
     q = residual_input(q, self.barriers)
     hidden = int(q.shape[-1] * self.mlp_ratio)

@@ -239,6 +239,7 @@ class Encoder(nn.Module):
   scan_layers: bool = False  # blocks as one lax.scan over stacked weights ('blocks/...' [depth, ...])
   dtype: Any = jnp.float32
   barriers: bool = False    # cotangent barriers between sub-layers (lmim.models.layers.cotangent_barrier)
+  attention: str = "plain"  # lmim.models.layers.ATTENTION_IMPLS
 
   @property
   def has_dropout(self) -> bool:
@@ -294,7 +295,8 @@ class Encoder(nn.Module):
     block = layers.remat(layers.Block, self.remat, static_argnums=(3,))
     block_kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
                         attn_drop=self.attn_drop, proj_drop=self.proj_drop, layer_scale=self.layer_scale,
-                        qkv_bias=self.qkv_bias, init_style=self.init_style, barriers=self.barriers)
+                        qkv_bias=self.qkv_bias, init_style=self.init_style, barriers=self.barriers,
+                        attention=self.attention)
     if deterministic or not self.has_dropout:
       deterministic, layer_keys = True, [None] * self.depth
     else:  # block i draws from the example keys folded with i
