@@ -208,9 +208,31 @@ def format_report(r: dict) -> str:
       f"FLOPs per step: {r['flops_total'] / 1e12:.1f} TFLOP total, {r['flops_per_device'] / 1e12:.2f} "
       f"TFLOP per device ({r['flops_source']}); {r['flops_total'] / r['global_batch'] / 1e9:.1f} GFLOP per image",
       f"Compile {r['compile_s']:.1f} s (lower {r['lower_s']:.1f} s, build {r['build_s']:.1f} s); nothing executed.",
-      f"Note: {r['caveat']}.",
   ]
+  for other in r.get("other_dtypes", ()):
+    lines.append(f"With model.dtype={other['dtype']}: peak {other['peak_bytes'] / GIB:.2f} GiB "
+                 f"(temporaries {other['temp_bytes'] / GIB:.2f} GiB) vs {r['peak_bytes'] / GIB:.2f} GiB "
+                 f"({r['temp_bytes'] / GIB:.2f} GiB) in {r['dtype']}; {other['flops_total'] / 1e12:.1f} TFLOP "
+                 f"per step vs {r['flops_total'] / 1e12:.1f} (the same matmuls: bfloat16 saves bytes and "
+                 f"time, not FLOPs; XLA:CPU converts bfloat16 matmul operands to float32, so on CPU the "
+                 f"bytes barely move, where TPU/GPU keep them in bfloat16)")
+  lines.append(f"Note: {r['caveat']}.")
   return "\n".join(lines)
+
+
+def with_other_dtypes(config, num_devices: int, result: dict, **kw) -> dict:
+  """`result` plus the same plan in the other compute dtype (float32 <-> bfloat16), beside it."""
+  out = dict(result, other_dtypes=[])
+  for dtype in ("float32", "bfloat16"):
+    if dtype == result["dtype"]:
+      continue
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+      c.model.dtype = dtype
+    r = plan(c, num_devices, **kw)
+    out["other_dtypes"].append({k: r[k] for k in ("dtype", "peak_bytes", "temp_bytes", "argument_bytes",
+                                                  "flops_total", "flops_per_device")})
+  return out
 
 
 # The README table ------------------------------------------------------------------------------
@@ -302,6 +324,8 @@ def main():
   flags.DEFINE_bool("global_flops", None, "Also count FLOPs on the lowered, unscanned global program "
                     "(default: only when model.scan_layers makes XLA's compiled count too low).")
   flags.DEFINE_bool("table", False, "Compute the README memory table (ViT-B/L/H on common slices).")
+  flags.DEFINE_bool("other_dtype", True, "Also plan the step in the other compute dtype (float32 <-> "
+                    "bfloat16) and print its memory and FLOPs beside.")
 
   def run(config, _):
     f = flags.FLAGS
@@ -316,7 +340,8 @@ def main():
         raise PlanError(f"--devices={f.devices} is invalid: must be >= 1")
       sharding.mesh_shape(config.mesh, f.devices)  # a bad mesh fails before any re-exec
       _ensure_devices(f.devices)
-      return plan(config, f.devices, global_flops=f.global_flops)
+      r = plan(config, f.devices, global_flops=f.global_flops)
+      return with_other_dtypes(config, f.devices, r, global_flops=f.global_flops) if f.other_dtype else r
     result = cli.guard(go)
     if f.json:
       import json  # pylint: disable=import-outside-toplevel

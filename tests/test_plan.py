@@ -146,3 +146,19 @@ def test_cli_bad_mesh_is_one_line_exit_2():
   lines = p.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("lmim: error: config.mesh=") and "12" in lines[0], p.stderr
   assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+def test_plan_puts_the_other_compute_dtype_beside(no_execution):
+  """float32 plans also show bfloat16's memory and FLOPs (and the reverse): the same matmul count,
+  the other dtype's bytes, from a second compilation of the same step."""
+  cfg = tiny_config(**DEEP)
+  r = plan.with_other_dtypes(cfg, 8, plan.plan(cfg, 8))
+  (other,) = r["other_dtypes"]
+  assert r["dtype"] == "float32" and other["dtype"] == "bfloat16"
+  assert other["flops_total"] == pytest.approx(r["flops_total"], rel=0.02)
+  assert other["peak_bytes"] != r["peak_bytes"]                # a real second compilation
+  report = plan.format_report(r)
+  assert "With model.dtype=bfloat16: peak" in report
+  bf = tiny_config(**DEEP, **{"model.dtype": "bfloat16"})
+  assert [o["dtype"] for o in plan.with_other_dtypes(bf, 8, plan.plan(bf, 8))["other_dtypes"]] == ["float32"]
+  assert no_execution == []
