@@ -95,7 +95,7 @@ def _reference_batch(args) -> tuple[np.ndarray, float]:
 def reference_throughput(paths: list[str], *, workers: int, batch: int, size: int, batches: int) -> dict:
   order = np.random.default_rng(0).permutation(len(paths))
   tasks = [([paths[order[(b * batch + i) % len(paths)]] for i in range(batch)], b, size) for b in range(batches + 1)]
-  ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+  ctx = mp.get_context("spawn")  # not fork: the parent may already run JAX's threads
   with ctx.Pool(workers) as pool:
     it = pool.imap(_reference_batch, tasks)
     next(it)                                         # warm-up batch (worker start)

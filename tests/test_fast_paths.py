@@ -27,6 +27,7 @@ def loss_and_grads(method_name, perturb: bool = False, **overrides):
   return float(loss), jax.device_get(grads), hlo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["latent_mim", "mae"])
 def test_cotangent_barriers_change_no_number(method):
   """Barriers on or off: the same loss and gradients (a fusion boundary, not arithmetic), and
@@ -65,6 +66,7 @@ def test_fused_attention_equals_the_plain_one_with_masks_and_bias():
     np.testing.assert_allclose(fused, plain, rtol=0, atol=2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["latent_mim", "mae", "data2vec", "ijepa"])
 def test_fused_attention_gives_the_same_loss_and_gradients(method):
   """Every attention of every network (encoder, cross and self decoders, I-JEPA's key-masked
@@ -94,6 +96,7 @@ def test_fused_attention_refuses_attention_dropout():
 BF16_FIXTURE = {"loss_total": 5e-4, "x_pred": 2e-2, "x_trg": 2e-2}   # of the largest |value|
 
 
+@pytest.mark.slow
 def test_bfloat16_forward_is_within_its_band_of_the_official_float32():
   from fixtures_lib import fixture_dirs, load  # pylint: disable=import-outside-toplevel
   from lmim import convert  # pylint: disable=import-outside-toplevel
