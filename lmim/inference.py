@@ -26,17 +26,28 @@ def extract_fn(fn, params, batches, mesh):
   jitted_fn = jitted(fn, mesh)
   per_process = max(1, mesh.size // jax.process_count())
   outs, labels, indices = [], [], []
-  for batch in batches:
-    local = {k: batch[k] for k in ("image", "label", "mask")}
-    local["index"] = np.asarray(batch["index"], np.int32) if "index" in batch else \
-        np.full(len(batch["mask"]), -1, np.int32)
-    batch = pad_rows(local, per_process)
-    g = sharding.global_batch(batch, mesh)
-    out = jitted_fn(params, g["image"])
+
+  def fetch(out, g):   # the host copy: waits for that batch's program
     keep = np.asarray(jax.device_get(replicate(g["mask"], mesh)))
     outs.append(np.asarray(jax.device_get(out))[keep])
     labels.append(np.asarray(jax.device_get(replicate(g["label"], mesh)))[keep])
     indices.append(np.asarray(jax.device_get(replicate(g["index"], mesh)))[keep])
+
+  # One batch in flight: batch i+1 is read and dispatched before batch i is fetched, so the
+  # host's input work and the device's forward overlap (a fetch right after each dispatch would
+  # leave the device idle while the host prepares the next batch).
+  pending = None
+  for batch in batches:
+    local = {k: batch[k] for k in ("image", "label", "mask")}
+    local["index"] = np.asarray(batch["index"], np.int32) if "index" in batch else \
+        np.full(len(batch["mask"]), -1, np.int32)
+    g = sharding.global_batch(pad_rows(local, per_process), mesh)
+    current = (jitted_fn(params, g["image"]), g)
+    if pending is not None:
+      fetch(*pending)
+    pending = current
+  if pending is not None:
+    fetch(*pending)
   outs, labels, indices = np.concatenate(outs), np.concatenate(labels), np.concatenate(indices)
   if np.all(indices >= 0):
     order = np.argsort(indices, kind="stable")
