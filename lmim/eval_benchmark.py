@@ -141,6 +141,9 @@ def check_method(config) -> None:
   if config.method != "latent_mim":
     raise ConfigError("method", config.method, "'latent_mim': the reference is the official Latent MIM "
                       "NN loop (for other methods run lmim alone with --noreference)")
+  if config.model.get("scan_layers"):
+    raise ConfigError("model.scan_layers", True, "false with the reference (the official names are per "
+                      "block), or run lmim alone with --noreference")
 
 
 def run(config, *, count: int = 256, batch: int = 64, reps: int = 3, reference: bool = True,
