@@ -20,7 +20,9 @@ A study is an ml_collections config (configs/studies/*.py):
 
 Each cell × seed runs in its own process in `<workdir>/cells/<cell>/seed<s>/` (a normal lmim
 workdir: checkpoints, logs, metrics) and ends by writing `cell.json`; a cell with `cell.json` is
-finished and never re-run, and an interrupted one resumes from its last checkpoint. The same
+finished and never re-run, and an interrupted one resumes from its last checkpoint; a cell whose
+training config equals an earlier cell's runs once, under the earlier name, and is reported under
+both (`twins`). The same
 cells run on one machine (the default: one after another) or as separate jobs (`--list` /
 `--cell`, e.g. a SLURM array, launch/slurm_study.sbatch), then `--report` aggregates. Outputs:
 `results.json` (every seed's metrics, means and stds), `table.md` (mean ± std over seeds) and
@@ -64,8 +66,23 @@ class Job:
 
 
 def jobs(study) -> list[Job]:
-  """Seed-major: an interrupted study has every cell at its first seed before any at its second."""
-  return [Job(c.name, int(s)) for s in study.seeds for c in study.cells]
+  """Seed-major: an interrupted study has every cell at its first seed before any at its second.
+  A cell that repeats an earlier cell's configuration (`twins`) is not a job: it reads its twin's."""
+  repeats = twins(study)
+  return [Job(c.name, int(s)) for s in study.seeds for c in study.cells if c.name not in repeats]
+
+
+def twins(study) -> dict[str, str]:
+  """Cell -> the first cell with exactly the same training config, for every cell that repeats
+  one. The paper's tables share rows (the collapse table's EMA row is the loss table's MSE row,
+  the loss table's PatchDisc row the masking table's first); training is deterministic, so a study
+  runs each configuration once and reports it under every name."""
+  first, out = {}, {}
+  for c in study.cells:
+    key = cell_config(study, c.name, 0).to_json_best_effort(sort_keys=True)
+    out.update({c.name: first[key]} if key in first else {})
+    first.setdefault(key, c.name)
+  return out
 
 
 def validate(study) -> None:
@@ -195,10 +212,11 @@ def collect(study, workdir: str) -> dict:
   """Every finished cell's metrics (per seed, mean, std) and curves, and the pixel baseline."""
   from lmim.metrics_writer import read_jsonl  # pylint: disable=import-outside-toplevel
   out = {"study": study.get("name", ""), "seeds": list(study.seeds), "cells": {}, "pixels": None}
+  repeats = twins(study)
   for c in study.cells:
     per_seed, curves = {}, {}
     for s in study.seeds:
-      job = Job(c.name, int(s))
+      job = Job(repeats.get(c.name, c.name), int(s))
       path = os.path.join(job_dir(workdir, job), "cell.json")
       if not os.path.exists(path):
         continue
@@ -216,6 +234,8 @@ def collect(study, workdir: str) -> dict:
       summary[metric] = {"mean": mean, "std": std, "n": len(vals)}
     out["cells"][c.name] = {"config": c.config, "overrides": {k: v for k, v in c.overrides},
                             "seeds": per_seed, "summary": summary, "curves": curves}
+    if c.name in repeats:
+      out["cells"][c.name]["same_as"] = repeats[c.name]
   pixels_path = os.path.join(workdir, "pixels.json")
   if os.path.exists(pixels_path):
     with open(pixels_path, encoding="utf-8") as f:
@@ -236,7 +256,8 @@ def table(study, results: dict) -> str:
       cells.append("–" if s is None else f"{s['mean']:.{digits}f}" if s["n"] < 2  # one seed: no spread
                    else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}")
     n = max((s["n"] for s in c["summary"].values()), default=0)
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {n} |")
+    shown = f"{name} (= {c['same_as']})" if c.get("same_as") else name
+    lines.append(f"| {shown} | " + " | ".join(cells) + f" | {n} |")
   if results.get("pixels"):
     px = results["pixels"]
     vals = ["–" if m not in px else f"{px[m]:.1f}" if abs(px[m]) >= 1.5 else f"{px[m]:.3f}" for m in metrics]
@@ -259,7 +280,7 @@ def plots(study, results: dict, workdir: str) -> list[str]:
     for ax, name in zip(axes[0], names):
       for cell_name, c in results["cells"].items():
         runs = c["curves"].get(name)
-        if not runs:
+        if not runs or c.get("same_as"):   # a twin's curve is its twin's line
           continue
         steps = sorted({s for pts in runs.values() for s, _ in pts})
         by_step = [[v for pts in runs.values() for s2, v in pts if s2 == s] for s in steps]
@@ -400,6 +421,10 @@ def main():
       job = all_jobs[int(f.cell)] if f.cell.isdigit() and int(f.cell) < len(all_jobs) else None
       if job is None:
         name, _, seed = f.cell.rpartition(":")
+        repeats = twins(study)
+        if name in repeats:
+          cli.fail(f"--cell {f.cell}: {name} has the configuration of {repeats[name]} and runs as "
+                   f"{repeats[name]}:{seed}")
         if not name or not seed.isdigit() or Job(name, int(seed)) not in all_jobs:
           cli.fail(f"--cell {f.cell}: not a job of this study (see --list: cell:seed or an index)")
         job = Job(name, int(seed))

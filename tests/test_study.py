@@ -127,3 +127,23 @@ def test_the_table_gives_a_spread_only_where_there_are_two_seeds_or_more():
   rows = study.table(cfg, res).splitlines()
   assert "| vis10 | 40.0 ± 2.0 | 3 |" in rows and "| vis20 | 41.0 | 1 |" in rows
   assert "| raw pixels (same protocol) | 93.1 | – |" in rows
+
+
+def test_a_cell_that_repeats_another_runs_once_and_is_reported_under_both(tmp_path):
+  """`again` spells vis10's configuration differently (its default visible count given
+  explicitly): it is not a job, and the report shows vis10's runs under both names."""
+  cfg, _ = cli.load_config(SPEC)
+  with cfg.unlocked():
+    cfg.cells = list(cfg.cells) + [study.cell("again", "configs/lmim_demo.py", **{"views.num_vis": 10})]
+  assert study.twins(cfg) == {"again": "vis10"}
+  assert [j.id for j in study.jobs(cfg)] == ["vis10:0", "vis20:0", "vis10:1", "vis20:1"]
+  for j in study.jobs(cfg):
+    d = tmp_path / "cells" / j.cell / f"seed{j.seed}"
+    d.mkdir(parents=True)
+    (d / "cell.json").write_text(json.dumps({"metrics": {"nn/top1": 10.0 * j.seed + len(j.cell)}}))
+    (d / "metrics.jsonl").write_text("")
+  res = study.collect(cfg, str(tmp_path))
+  assert res["cells"]["again"]["seeds"] == res["cells"]["vis10"]["seeds"] == {"0": {"nn/top1": 5.0},
+                                                                              "1": {"nn/top1": 15.0}}
+  assert res["cells"]["again"]["same_as"] == "vis10" and "same_as" not in res["cells"]["vis20"]
+  assert "| again (= vis10) | 10.0 ± 7.1 | 2 |" in study.table(cfg, res).splitlines()
