@@ -259,7 +259,9 @@ def format_report(r: dict) -> str:
 def main():
   """The `lmim-benchmark` command (python -m lmim.benchmark)."""
   from lmim import cli  # pylint: disable=import-outside-toplevel
-  cli.main_benchmark(benchmark, format_report)
+  cli.main_benchmark(benchmark, format_report, {
+      "steps": (10, "Timed steps (after 2 warmup steps)."),
+      "phases": (True, "Break the step down by phase from a jax.profiler trace.")})
 
 
 if __name__ == "__main__":

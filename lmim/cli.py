@@ -276,19 +276,21 @@ def main_train(train_fn):
   run_app(body)
 
 
-def main_benchmark(benchmark_fn, format_fn):
-  """lmim-benchmark --config configs/x.py[:arg] [--steps N] [--nopeak] [--nophases] [--json]"""
-  flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warmup steps).")
+def main_benchmark(benchmark_fn, format_fn, options: dict, default_config: str | None = None):
+  """lmim-benchmark / lmim-eval-benchmark --config configs/x.py[:arg] [options] [--nopeak] [--json].
+  `options` {name: (default, help)} become flags (bool or int by the default) passed to
+  `benchmark_fn(config, peak=..., **options)` under their own names."""
+  for name, (default, text) in options.items():
+    (flags.DEFINE_bool if isinstance(default, bool) else flags.DEFINE_integer)(name, default, text)
   flags.DEFINE_bool("peak", True, "Measure this machine's matmul peak in the same window (achieved/peak).")
-  flags.DEFINE_bool("phases", True, "Break the step down by phase from a jax.profiler trace.")
   flags.DEFINE_bool("json", False, "Print the result as JSON.")
 
   def body(config, _):
     import json  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
-    result = guard(lambda: benchmark_fn(config, steps=f.steps, peak=f.peak, phases=f.phases))
-    print(json.dumps(result) if flags.FLAGS.json else format_fn(result))
-  run_app(body)
+    result = guard(lambda: benchmark_fn(config, peak=f.peak, **{name: getattr(f, name) for name in options}))
+    print(json.dumps(result) if f.json else format_fn(result))
+  run_app(body, default_config=default_config)
 
 
 def main_convert(convert_fn):

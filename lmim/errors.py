@@ -40,6 +40,11 @@ class ConfigArgumentError(ConfigError):
   what = "config argument {field}={value!r} is invalid: {valid}"
 
 
+class FlagError(ConfigError):
+  """A command-line flag (not a config field) holds a value that cannot work."""
+  what = "--{field}={value!r} is invalid: {valid}"
+
+
 class DataNotPreparedError(LmimError):
   """A dataset is not on disk in a form we can read; the message says how to prepare it."""
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from lmim import config_lib, convert, inference, methods, sharding
 from lmim.benchmark import machine, matmul_peak
-from lmim.errors import ConfigError
+from lmim.errors import ConfigError, FlagError
 from lmim.evaluators import common
 from lmim.evaluators import features as feats_lib
 from lmim.evaluators import nn_loo
@@ -49,7 +49,7 @@ from lmim.models.posemb import sincos_table
 NN_FEATURE = "pooled_pre_norm"
 
 
-def images(count: int, size: int, channels: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_images(count: int, size: int, channels: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """`count` normalised (size, size, channels) float32 images and labels from 10 classes: each
   class a band of stripe frequencies and orientations, with random phase and noise, so
   neighbours are informative and the two sides' NN accuracies are a real comparison."""
@@ -146,14 +146,14 @@ def check_method(config) -> None:
                       "block), or run lmim alone with --noreference")
 
 
-def run(config, *, count: int = 256, batch: int = 64, reps: int = 3, reference: bool = True,
+def run(config, *, images: int = 256, batch: int = 64, reps: int = 3, reference: bool = True,
         peak: bool = True, devices=None) -> dict:
-  """Alternate lmim and the reference `reps` times over the same `count` images."""
-  for name, v in (("images", count), ("batch", batch), ("reps", reps)):
+  """Alternate lmim and the reference `reps` times over the same generated images."""
+  for name, v in (("images", images), ("batch", batch), ("reps", reps)):
     if v < 1:
-      raise ConfigError(name, v, "must be >= 1")
-  if count < 2:
-    raise ConfigError("images", count, "must be >= 2 (leave-one-out 1-NN)")
+      raise FlagError(name, v, "must be >= 1")
+  if images < 2:
+    raise FlagError("images", images, "must be >= 2 (leave-one-out 1-NN)")
   if reference:
     check_method(config)
   torch = _torch() if reference else None
@@ -163,15 +163,15 @@ def run(config, *, count: int = 256, batch: int = 64, reps: int = 3, reference: 
   mesh = sharding.make_mesh(cfg.mesh, devices)
   params = jax.device_put(method.init(jax.random.key(cfg.seed))[0]["encoder"], sharding.replicated(mesh))
   size, patch = method.eval_image_size, method.patch_size
-  imgs, labels = images(count, size)
-  batch = min(batch, count)
+  imgs, labels = make_images(images, size)
+  batch = min(batch, images)
 
   fn = feats_lib.feature_fn(method.encoder_view, NN_FEATURE)
   cost = jax.jit(fn).lower(params, imgs[:batch]).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops_per_image = float(cost.get("flops", float("nan"))) / batch
 
-  out = {"machine": machine(), "images": count, "batch": batch, "image_size": size, "reps": reps,
+  out = {"machine": machine(), "images": images, "batch": batch, "image_size": size, "reps": reps,
          "devices": len(devices), "flops_per_image": flops_per_image,
          "lmim": {"extract_s": [], "total_s": []}}
   ref_args = None
@@ -201,8 +201,8 @@ def run(config, *, count: int = 256, batch: int = 64, reps: int = 3, reference: 
   for side in ("lmim", "reference"):
     if side in out:
       s = out[side]
-      s["features_per_s"] = count / statistics.median(s["extract_s"])
-      s["nn_images_per_s"] = count / statistics.median(s["total_s"])
+      s["features_per_s"] = images / statistics.median(s["extract_s"])
+      s["nn_images_per_s"] = images / statistics.median(s["total_s"])
   out["lmim"]["nn_top1"] = top1
   if peak:
     out["peak_flops_per_s"] = statistics.median(peaks)
@@ -239,22 +239,13 @@ def format_report(r: dict) -> str:
 
 def main():
   """The `lmim-eval-benchmark` command (python -m lmim.eval_benchmark)."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
   from lmim import cli  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_integer("images", 256, "Images evaluated per repetition (>= 2).")
-  flags.DEFINE_integer("batch", 64, "Images per batch, both sides.")
-  flags.DEFINE_integer("reps", 3, "Alternated repetitions (medians reported).")
-  flags.DEFINE_bool("reference", True, "Also run the official loop in torch (needs torch).")
-  flags.DEFINE_bool("peak", True, "Measure this machine's matmul peak in the same window.")
-  flags.DEFINE_bool("json", False, "Print the result as JSON.")
-
-  def body(config, _):
-    import json  # pylint: disable=import-outside-toplevel
-    f = flags.FLAGS
-    r = cli.guard(lambda: run(config, count=f.images, batch=f.batch, reps=f.reps, reference=f.reference,
-                              peak=f.peak))
-    print(json.dumps(r) if f.json else format_report(r))
-  cli.run_app(body, default_config="configs/lmim_vitb16_in1k.py")
+  cli.main_benchmark(run, format_report, {
+      "images": (256, "Images evaluated per repetition (>= 2)."),
+      "batch": (64, "Images per batch, both sides."),
+      "reps": (3, "Alternated repetitions (medians reported)."),
+      "reference": (True, "Also run the official loop in torch (needs torch).")},
+      default_config="configs/lmim_vitb16_in1k.py")
 
 
 if __name__ == "__main__":

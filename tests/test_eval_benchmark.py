@@ -21,7 +21,7 @@ def test_lmim_side_is_the_evaluators_extraction_in_example_order():
   cfg = config_lib.resolve(tiny(), 1_281_167)
   method = methods.build(cfg, 3, validated=False)
   params = method.init(jax.random.key(0))[0]["encoder"]
-  imgs, labels = eb.images(8, method.eval_image_size)
+  imgs, labels = eb.make_images(8, method.eval_image_size)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
   f, top1, _, _ = eb.lmim_nn_eval(method, params, mesh, imgs, labels, batch=3)
   want = np.asarray(jax.jit(feats_lib.feature_fn(method.encoder_view, eb.NN_FEATURE))(params, imgs))
@@ -35,7 +35,7 @@ def test_lmim_side_is_the_evaluators_extraction_in_example_order():
 def test_reference_is_the_official_forward_on_the_same_weights():
   """The torch loop computes the same features (to float32 round-off) and the same NN top-1."""
   pytest.importorskip("torch")
-  r = eb.run(tiny(), count=16, batch=8, reps=1, peak=False)
+  r = eb.run(tiny(), images=16, batch=8, reps=1, peak=False)
   assert r["max_feature_diff"] < 1e-5, r["max_feature_diff"]
   assert r["reference"]["nn_top1"] == r["lmim"]["nn_top1"]
   report = eb.format_report(r)
@@ -43,10 +43,10 @@ def test_reference_is_the_official_forward_on_the_same_weights():
 
 
 def test_bad_input_is_one_line_before_anything_runs():
-  with pytest.raises(ConfigError, match="images"):
-    eb.run(tiny(), count=1, peak=False)
+  with pytest.raises(ConfigError, match="--images=1 is invalid"):
+    eb.run(tiny(), images=1, peak=False)   # FlagError: "--images=1 is invalid"
   with pytest.raises(ConfigError, match="batch"):
-    eb.run(tiny(), count=8, batch=0, peak=False)
+    eb.run(tiny(), images=8, batch=0, peak=False)
   mae, _ = cli.load_config("configs/mae_vitb16_in1k.py:runlocal")
   with pytest.raises(ConfigError, match="method.*latent_mim"):
-    eb.run(mae, count=8, peak=False)
+    eb.run(mae, images=8, peak=False)
