@@ -156,7 +156,8 @@ def phase_of(op_names: list[str]) -> str:
 
 
 def profile_phases(run_step, hlo_text: str, steps: int = 3) -> dict[str, dict]:
-  """Per phase: seconds per step and matmul FLOPs per step. `steps` calls of `run_step()` run
+  """Per phase: seconds per step, matmul FLOPs per step and the seconds of the thunks that hold a
+  matmul (a matmul fusion also does the elementwise work fused around it). `steps` calls of `run_step()` run
   under jax.profiler; every executed thunk's duration is summed by the phase of its ops. Thunks
   may run concurrently on several threads, so the phases add up to the busy time, which can
   exceed the wall time."""
@@ -170,14 +171,84 @@ def profile_phases(run_step, hlo_text: str, steps: int = 3) -> dict[str, dict]:
       return {}
     with gzip.open(traces[-1], "rt") as f:
       events = json.load(f)["traceEvents"]
-  seconds, flops = collections.Counter(), collections.Counter()
+  seconds, flops, matmul_seconds = collections.Counter(), collections.Counter(), collections.Counter()
   for e in events:
     if e.get("ph") == "X" and e.get("name") in ops:
       names, f = ops[e["name"]]
       phase = phase_of(names)
       seconds[phase] += e["dur"] * 1e-6 / steps
       flops[phase] += f / steps
-  return {p: {"seconds": seconds[p], "matmul_flops": flops[p]} for p in seconds}
+      matmul_seconds[phase] += e["dur"] * 1e-6 / steps if f > 0 else 0.0
+  return {p: {"seconds": seconds[p], "matmul_flops": flops[p], "matmul_seconds": matmul_seconds[p]}
+          for p in seconds}
+
+
+###################################################################################################
+# What the step's own matmuls reach alone.
+###################################################################################################
+
+_ARRAY = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = \w+\[([\d,]*)\](?:\{([\d,]*)[^}]*\})? ")
+_DOT_CALL = re.compile(r"= \w+\[([\d,]*)\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)(.*)$")
+
+
+def _dims_attr(rest: str, name: str) -> tuple[int, ...]:
+  m = re.search(name + r"=\{([\d,]*)\}", rest)
+  return tuple(int(i) for i in m[1].split(",") if i) if m else ()
+
+
+def step_dots(hlo_text: str) -> collections.Counter:
+  """Every matmul a compiled step executes, as (lhs shape, rhs shape, dimension numbers) in the
+  operands' physical (major-to-minor) order — a transposed operand layout becomes a transposed
+  row-major array — with how many times it runs per step (loop bodies counted once)."""
+  arrays, dots = {}, collections.Counter()
+  for line in hlo_text.splitlines():
+    m = _ARRAY.match(line)
+    if m:
+      dims = tuple(int(d) for d in m[2].split(",") if d)
+      minor_to_major = tuple(int(d) for d in m[3].split(",") if d) if m[3] else tuple(reversed(range(len(dims))))
+      arrays[m[1]] = (dims, tuple(reversed(minor_to_major)))
+    d = _DOT_CALL.search(line)
+    if d and d[2] in arrays and d[3] in arrays:
+      (ld, lo), (rd, ro) = arrays[d[2]], arrays[d[3]]
+      rest = d[4]
+      phys = lambda order, ids: tuple(order.index(i) for i in ids)
+      dots[(tuple(ld[i] for i in lo), tuple(rd[i] for i in ro),
+            phys(lo, _dims_attr(rest, "lhs_contracting_dims")), phys(ro, _dims_attr(rest, "rhs_contracting_dims")),
+            phys(lo, _dims_attr(rest, "lhs_batch_dims")), phys(ro, _dims_attr(rest, "rhs_batch_dims")))] += 1
+  return dots
+
+
+def dot_flops(key) -> float:
+  lhs, rhs, lc, rc, lb, rb = key
+  out = np.prod([lhs[i] for i in range(len(lhs)) if i not in lc]) * np.prod(
+      [rhs[i] for i in range(len(rhs)) if i not in rc + rb])
+  return 2.0 * float(out) * float(np.prod([lhs[i] for i in lc] or [1]))
+
+
+def time_dot(key, dtype: str = "float32", reps: int = 5) -> float:
+  """Seconds of one such matmul alone (jitted, best of `reps` after a warm-up call)."""
+  lhs, rhs, lc, rc, lb, rb = key
+  k1, k2 = jax.random.split(jax.random.key(1))
+  a = jax.random.normal(k1, lhs, jnp.float32).astype(DTYPES[dtype])
+  b = jax.random.normal(k2, rhs, jnp.float32).astype(DTYPES[dtype])
+  fn = jax.jit(lambda a, b: jax.lax.dot_general(a, b, ((lc, rc), (lb, rb))))
+  jax.block_until_ready(fn(a, b))
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(a, b))
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def dots_alone(hlo_text: str, dtype: str = "float32") -> dict:
+  """The step's matmuls, each timed alone with its shapes and operand layout: their FLOPs and the
+  seconds they need at best. Their rate bounds what the step's matmuls can reach on this machine
+  (small or thin matmuls run below the square-matmul peak whatever the code around them)."""
+  dots = step_dots(hlo_text)
+  flops = sum(dot_flops(k) * n for k, n in dots.items())
+  seconds = sum(time_dot(k, dtype) * n for k, n in dots.items())
+  return {"matmul_flops": flops, "seconds": seconds, "distinct": len(dots), "count": sum(dots.values())}
 
 
 ###################################################################################################
@@ -186,7 +257,7 @@ def profile_phases(run_step, hlo_text: str, steps: int = 3) -> dict[str, dict]:
 
 
 def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channels: int = 3, peak: bool = True,
-              phases: bool = True) -> dict:
+              phases: bool = True, dots: bool = False) -> dict:
   info = data.DataInfo(name="synthetic", num_examples=1_281_167, num_classes=1000, channels=channels,
                        mean=(0.5,) * channels, std=(0.25,) * channels)
   setup = train.build(config, info, devices)
@@ -213,6 +284,8 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       times.append(time.perf_counter() - t0)
+  if dots and len(step_devices) == 1:
+    out_dots = dots_alone(compiled.as_text(), dtype)
   if peak:
     peaks += matmul_peak(dtype, devices=step_devices)                # ... and after: one window
   med = statistics.median(times)
@@ -222,7 +295,10 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
          "dtype": dtype, "loss": float(metrics["loss"]), "machine": machine()}
   if peak:
     out.update(peak_flops_per_s=statistics.median(peaks), peak_range=(min(peaks), max(peaks)),
+               peak_best_flops_per_s=max(peaks),
                peak_fraction=(flops / med) / statistics.median(peaks))
+  if dots and len(step_devices) == 1:
+    out["dots_alone"] = out_dots
   if phases:
     holder = [state]
 
@@ -243,7 +319,23 @@ def format_report(r: dict) -> str:
   lines.append(f"median step {r['median_step_s'] * 1e3:.1f} ms (range {r['step_s_range'][0] * 1e3:.1f}-"
                f"{r['step_s_range'][1] * 1e3:.1f}) | {r['images_per_s']:.2f} images/s | "
                f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step | compile {r['compile_s']:.1f} s")
+  if "dots_alone" in r:
+    d = r["dots_alone"]
+    line = (f"matmuls alone: the step's {d['count']} matmuls ({d['distinct']} distinct), each timed alone with its "
+            f"shapes and operand layouts, need {d['seconds'] * 1e3:.1f} ms for {d['matmul_flops'] / 1e9:.1f} GFLOP")
+    line += f", {100 * d['seconds'] / r['median_step_s']:.0f} % of the step's time"
+    if "peak_best_flops_per_s" in r:   # best against best: both are the fastest of their repeats
+      line += (f"; alone they reach {d['matmul_flops'] / d['seconds'] / r['peak_best_flops_per_s']:.2f} of the "
+               f"best peak sample, so with everything else free the step would be at "
+               f"{r['flops_per_step'] / d['seconds'] / r['peak_best_flops_per_s']:.2f}")
+    lines.append(line)
   ph = r.get("phases") or {}
+  if ph and "dots_alone" in r:
+    in_step = sum(p.get("matmul_seconds", 0.0) for p in ph.values())
+    busy = sum(p["seconds"] for p in ph.values())
+    lines.append(f"  in the step (profiler, summed over threads): the thunks that hold a matmul take {in_step * 1e3:.1f} ms "
+                 f"({in_step / r['dots_alone']['seconds']:.2f}x the matmuls alone), everything else "
+                 f"{(busy - in_step) * 1e3:.1f} ms")
   if ph:
     busy = sum(p["seconds"] for p in ph.values())
     peak = r.get("peak_flops_per_s")
@@ -261,7 +353,8 @@ def main():
   from lmim import cli  # pylint: disable=import-outside-toplevel
   cli.main_benchmark(benchmark, format_report, {
       "steps": (10, "Timed steps (after 2 warmup steps)."),
-      "phases": (True, "Break the step down by phase from a jax.profiler trace.")})
+      "phases": (True, "Break the step down by phase from a jax.profiler trace."),
+      "dots": (False, "Also time each of the step's matmuls alone (one device): the rate its shapes allow.")})
 
 
 if __name__ == "__main__":

@@ -32,6 +32,32 @@ def test_matmul_flops_are_read_from_the_compiled_program():
   assert by_phase.get("decoder backward", 0) == 2 * k * m * n           # dL/dw = xᵀ·(dL/dh ⊙ tanh')
 
 
+def test_the_steps_matmuls_are_listed_with_their_physical_layouts():
+  """The same x·w·v gradient: step_dots finds the 5 matmuls, their FLOPs are parse_hlo's, and each
+  listed matmul, rebuilt in row-major arrays, has the output shape of the one in the program."""
+  m, k, n = 64, 96, 48
+
+  def f(w, v, x):
+    return jnp.sum((jnp.tanh(x @ w) @ v) ** 2)
+  args = (jnp.ones((k, n)), jnp.ones((n, 32)), jnp.ones((m, k)))
+  hlo = jax.jit(jax.grad(f, argnums=(0, 1))).lower(*args).compile().as_text()
+  dots = benchmark.step_dots(hlo)
+  assert sum(dots.values()) == 5
+  assert sum(benchmark.dot_flops(key) * c for key, c in dots.items()) == sum(
+      f for _, f in benchmark.parse_hlo(hlo).values())
+  sizes = sorted(int(np.prod(jax.eval_shape(lambda a, b, key=key: jax.lax.dot_general(
+      a, b, ((key[2], key[3]), (key[4], key[5]))), jax.ShapeDtypeStruct(key[0], jnp.float32),
+      jax.ShapeDtypeStruct(key[1], jnp.float32)).shape)) for key in dots for _ in range(dots[key]))
+  assert sizes == sorted([m * n, m * 32, m * n, n * 32, k * n])   # forward 2; dv, dh, dw
+  # A column-major operand ({0,1}: dim 0 minor) is the row-major transpose, contracting dim moved.
+  text = """%fused (p0: f32[4,6], p1: f32[6,5]) -> f32[4,5] {
+  %p0 = f32[4,6]{0,1} parameter(0)
+  %p1 = f32[6,5]{1,0} parameter(1)
+  ROOT %d = f32[4,5]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}"""
+  assert benchmark.step_dots(text) == {((6, 4), (6, 5), (0,), (0,), (), ()): 1}
+
+
 def test_each_op_goes_to_its_phase():
   p = benchmark.phase_of
   assert p(["jit(update)/jvp(target_encoder)/Encoder/blocks_0/mlp/fc1/dot_general"]) == "target_encoder"
