@@ -240,6 +240,21 @@ def collect(study, workdir: str) -> dict:
   if os.path.exists(pixels_path):
     with open(pixels_path, encoding="utf-8") as f:
       out["pixels"] = json.load(f)["metrics"]
+    out["pixels"].update(_pixel_curves(study, out["pixels"]))
+  return out
+
+
+def _pixel_curves(study, pixels: dict) -> dict:
+  """The raw-pixel value of a curve eval that is a final eval's protocol run during training
+  (same spec but `every_steps`), e.g. `nn_curve/top1` = the pixels' `nn/top1`: the dashed line
+  beside the NN curves."""
+  def spec(e):
+    return {k: v for k, v in dict(e).items() if k != "every_steps"}
+  out = {}
+  for curve, ce in (study.get("curve_evals") or {}).items():
+    for final, fe in (study.get("final_evals") or {}).items():
+      if spec(ce) == spec(fe):
+        out.update({f"{curve}/{k[len(final) + 1:]}": v for k, v in pixels.items() if k.startswith(final + "/")})
   return out
 
 
@@ -265,6 +280,41 @@ def table(study, results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def cell_colours(results: dict) -> dict:
+  """One colour per drawn cell, the same in every panel and file (a method without a metric, e.g.
+  MAE's missing prediction Sim, must not shift the others' colours); tab20 past ten cells."""
+  drawn = [n for n, c in results["cells"].items() if not c.get("same_as")]
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  cmap = matplotlib.colormaps["tab10" if len(drawn) <= 10 else "tab20"]
+  return {n: cmap(i % cmap.N) for i, n in enumerate(drawn)}
+
+
+def curve_figure(plt, results: dict, names):
+  """One panel per metric over training: mean over seeds, ± std shaded, each cell in its colour,
+  a legend in every panel (panels hold different cells: not every method logs every metric)."""
+  colours = cell_colours(results)
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    for cell_name, c in results["cells"].items():
+      runs = c["curves"].get(name)
+      if not runs or c.get("same_as"):   # a twin's curve is its twin's line
+        continue
+      steps = sorted({s for pts in runs.values() for s, _ in pts})
+      by_step = [[v for pts in runs.values() for s2, v in pts if s2 == s] for s in steps]
+      mean = np.array([np.mean(v) for v in by_step])
+      std = np.array([np.std(v) for v in by_step])
+      ax.plot(steps, mean, label=cell_name, color=colours[cell_name])
+      ax.fill_between(steps, mean - std, mean + std, alpha=0.15, color=colours[cell_name])
+    if name in (results.get("pixels") or {}):
+      ax.axhline(results["pixels"][name], color="k", linestyle="--", label="raw pixels")
+    ax.set_title(name)
+    ax.set_xlabel("step")
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6, loc="best", ncol=1 + len(colours) // 9)
+  fig.tight_layout()
+  return fig
+
+
 def plots(study, results: dict, workdir: str) -> list[str]:
   """curves.png (eval metrics over training), sims.png (training Sims), final.png (bar chart)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -274,30 +324,12 @@ def plots(study, results: dict, workdir: str) -> list[str]:
   groups = {"curves.png": [m for m in study.get("curves", ()) if "/" in m],
             "sims.png": [m for m in study.get("curves", ()) if "/" not in m]}
   for filename, names in groups.items():
-    if not names:
-      continue
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
-      for cell_name, c in results["cells"].items():
-        runs = c["curves"].get(name)
-        if not runs or c.get("same_as"):   # a twin's curve is its twin's line
-          continue
-        steps = sorted({s for pts in runs.values() for s, _ in pts})
-        by_step = [[v for pts in runs.values() for s2, v in pts if s2 == s] for s in steps]
-        mean = np.array([np.mean(v) for v in by_step])
-        std = np.array([np.std(v) for v in by_step])
-        ax.plot(steps, mean, label=cell_name)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
-      if name in (results.get("pixels") or {}):
-        ax.axhline(results["pixels"][name], color="k", linestyle="--", label="raw pixels")
-      ax.set_title(name)
-      ax.set_xlabel("step")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = os.path.join(workdir, filename)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    if names:
+      fig = curve_figure(plt, results, names)
+      path = os.path.join(workdir, filename)
+      fig.savefig(path, dpi=110)
+      plt.close(fig)
+      written.append(path)
   metrics = [m for m in study.table if any(m in c["summary"] for c in results["cells"].values())]
   if metrics:
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(4, 0.55 * len(results["cells"]) + 1.5) * len(metrics) / 1.6, 3.8),

@@ -43,6 +43,8 @@ def test_a_study_runs_every_cell_and_seed_and_writes_table_and_plots(finished):
   assert a["views"]["num_vis"] == 20 and a["seed"] == 1 and a["total_steps"] == 4
   assert res["pixels"] is not None and "nn/top1" in res["pixels"]
   assert not any(k.startswith("collapse/") for k in res["pixels"])  # an encoder metric, not a feature's
+  # The NN curve is the final NN's protocol during training: its dashed pixel line is that value.
+  assert res["pixels"]["nn_curve/top1"] == res["pixels"]["nn/top1"]
   table = open(os.path.join(wd, "table.md"), encoding="utf-8").read()
   assert "| vis10 |" in table and "| vis20 |" in table and "±" in table and "raw pixels" in table
   for png in ("curves.png", "sims.png", "final.png"):
@@ -147,3 +149,22 @@ def test_a_cell_that_repeats_another_runs_once_and_is_reported_under_both(tmp_pa
                                                                               "1": {"nn/top1": 15.0}}
   assert res["cells"]["again"]["same_as"] == "vis10" and "same_as" not in res["cells"]["vis20"]
   assert "| again (= vis10) | 10.0 ± 7.1 | 2 |" in study.table(cfg, res).splitlines()
+
+
+def test_a_cell_keeps_its_colour_in_every_panel_and_every_panel_has_a_legend():
+  """MAE logs no prediction Sim: in sims.png the cells after it must not change colour between
+  the target-Sim and prediction-Sim panels (they did when each panel cycled colours itself)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  both = {"sim_trg": {"0": [[1, 0.9], [2, 0.8]]}, "sim_pred": {"0": [[1, 0.7], [2, 0.6]]}}
+  res = {"cells": {"mae": {"curves": {"sim_trg": {"0": [[1, 0.5], [2, 0.5]]}}},
+                   "latent_mim": {"curves": both}, "copy": {"curves": both, "same_as": "latent_mim"},
+                   "pcae": {"curves": both}}}
+  fig = study.curve_figure(plt, res, ["sim_trg", "sim_pred"])
+  colour = [{ln.get_label(): ln.get_color() for ln in ax.get_lines()} for ax in fig.axes]
+  assert set(colour[0]) == {"mae", "latent_mim", "pcae"} and set(colour[1]) == {"latent_mim", "pcae"}
+  assert all(colour[0][n] == colour[1][n] for n in ("latent_mim", "pcae"))
+  assert len(set(colour[0].values())) == 3
+  assert all(ax.get_legend() is not None for ax in fig.axes)
+  plt.close(fig)
