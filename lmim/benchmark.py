@@ -257,12 +257,18 @@ def dots_alone(hlo_text: str, dtype: str = "float32") -> dict:
 
 
 def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channels: int = 3, peak: bool = True,
-              phases: bool = True, dots: bool = False) -> dict:
+              phases: bool = True, dots: bool = False, official: str = "") -> dict:
   info = data.DataInfo(name="synthetic", num_examples=1_281_167, num_classes=1000, channels=channels,
                        mean=(0.5,) * channels, std=(0.25,) * channels)
   setup = train.build(config, info, devices)
   cfg, method = setup.config, setup.method
   size, k = method.train_image_size, cfg.accum_steps
+  reference = None
+  if official:   # checked and built before anything is compiled
+    from lmim import official_step  # pylint: disable=import-outside-toplevel
+    hp = official_step.official_hparams(cfg, method)
+    reference = official_step.OfficialStep(official, hp, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
+                                           momentum=float(cfg.ema.momentum), seed=cfg.seed)
   rng = np.random.default_rng(0)
   shape = (k, cfg.batch_size // k // jax.process_count(), size, size, channels)
   local = {key: rng.standard_normal(shape, dtype=np.float32) for key in setup.batch_shardings}
@@ -277,13 +283,20 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
   step_devices = list(setup.mesh.devices.flat)
   dtype = cfg.model.get("dtype", "float32")
   peaks = matmul_peak(dtype, devices=step_devices) if peak else []  # before the steps ...
-  times = []
-  for i in range(warmup + steps):
+  times, ref_times, ref_losses = [], [], []
+  if reference is not None:   # the same images, NCHW, on the host: the official loop's input
+    ref_images = np.ascontiguousarray(next(iter(local.values()))[0].transpose(0, 3, 1, 2))
+  for i in range(warmup + steps):   # with a reference: lmim and official steps alternate
     t0 = time.perf_counter()
     state, metrics = compiled(state, batch, setup.step_key)
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       times.append(time.perf_counter() - t0)
+    if reference is not None:
+      t0 = time.perf_counter()
+      ref_losses.append(reference.step(ref_images))
+      if i >= warmup:
+        ref_times.append(time.perf_counter() - t0)
   if dots and len(step_devices) == 1:
     out_dots = dots_alone(compiled.as_text(), dtype)
   if peak:
@@ -299,6 +312,15 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
                peak_fraction=(flops / med) / statistics.median(peaks))
   if dots and len(step_devices) == 1:
     out["dots_alone"] = out_dots
+  if reference is not None:
+    ref_med = statistics.median(ref_times)
+    lmim_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+    out["official"] = {"median_step_s": ref_med, "step_s_range": (min(ref_times), max(ref_times)),
+                       "speedup": ref_med / med, "losses": ref_losses, "torch": reference.torch.__version__,
+                       "threads": reference.torch.get_num_threads(),
+                       "trainable_parameters": reference.trainable_parameters(), "lmim_parameters": lmim_params}
+    if peak:
+      out["official"]["peak_fraction"] = (flops / ref_med) / statistics.median(peaks)
   if phases:
     holder = [state]
 
@@ -319,6 +341,16 @@ def format_report(r: dict) -> str:
   lines.append(f"median step {r['median_step_s'] * 1e3:.1f} ms (range {r['step_s_range'][0] * 1e3:.1f}-"
                f"{r['step_s_range'][1] * 1e3:.1f}) | {r['images_per_s']:.2f} images/s | "
                f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step | compile {r['compile_s']:.1f} s")
+  if "official" in r:
+    o = r["official"]
+    lines.append(f"official code (torch {o['torch']}, {o['threads']} threads), alternating with lmim: median step "
+                 f"{o['median_step_s'] * 1e3:.1f} ms (range {o['step_s_range'][0] * 1e3:.1f}-"
+                 f"{o['step_s_range'][1] * 1e3:.1f}); lmim speed-up {o['speedup']:.2f}x"
+                 + (f"; official at {o['peak_fraction']:.2f} of the peak (lmim's FLOP count)" if "peak_fraction" in o else ""))
+    same = o["trainable_parameters"] == o["lmim_parameters"]
+    lines.append(f"  same network: {o['trainable_parameters']:,} trainable parameters official, "
+                 f"{o['lmim_parameters']:,} lmim ({'the same' if same else 'DIFFERENT: not the same geometry'}); "
+                 f"official loss {o['losses'][0]:.4f} -> {o['losses'][-1]:.4f}, lmim's last {r['loss']:.4f}")
   if "dots_alone" in r:
     d = r["dots_alone"]
     line = (f"matmuls alone: the step's {d['count']} matmuls ({d['distinct']} distinct), each timed alone with its "
@@ -354,7 +386,9 @@ def main():
   cli.main_benchmark(benchmark, format_report, {
       "steps": (10, "Timed steps (after 2 warmup steps)."),
       "phases": (True, "Break the step down by phase from a jax.profiler trace."),
-      "dots": (False, "Also time each of the step's matmuls alone (one device): the rate its shapes allow.")})
+      "dots": (False, "Also time each of the step's matmuls alone (one device): the rate its shapes allow."),
+      "official": ("", "Path to a checkout of the official Latent MIM code (github.com/yibingwei-1/LatentMIM): "
+                   "its training step, same geometry, alternates with lmim's (needs torch and timm).")})
 
 
 if __name__ == "__main__":

@@ -278,10 +278,12 @@ def main_train(train_fn):
 
 def main_benchmark(benchmark_fn, format_fn, options: dict, default_config: str | None = None):
   """lmim-benchmark / lmim-eval-benchmark --config configs/x.py[:arg] [options] [--nopeak] [--json].
-  `options` {name: (default, help)} become flags (bool or int by the default) passed to
+  `options` {name: (default, help)} become flags (bool, int or string by the default) passed to
   `benchmark_fn(config, peak=..., **options)` under their own names."""
   for name, (default, text) in options.items():
-    (flags.DEFINE_bool if isinstance(default, bool) else flags.DEFINE_integer)(name, default, text)
+    define = (flags.DEFINE_bool if isinstance(default, bool) else flags.DEFINE_string if isinstance(default, str)
+              else flags.DEFINE_integer)
+    define(name, default, text)
   flags.DEFINE_bool("peak", True, "Measure this machine's matmul peak in the same window (achieved/peak).")
   flags.DEFINE_bool("json", False, "Print the result as JSON.")
 
