@@ -208,6 +208,9 @@ def _mean_std(values):
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+TRAIN_SPEED = "train/images_per_sec"
+
+
 def collect(study, workdir: str) -> dict:
   """Every finished cell's metrics (per seed, mean, std) and curves, and the pixel baseline."""
   from lmim.metrics_writer import read_jsonl  # pylint: disable=import-outside-toplevel
@@ -223,6 +226,9 @@ def collect(study, workdir: str) -> dict:
       with open(path, encoding="utf-8") as f:
         per_seed[str(s)] = json.load(f)["metrics"]
       rows = read_jsonl(os.path.join(job_dir(workdir, job), "metrics.jsonl"))
+      speed = [r["images_per_sec"] for r in rows if isinstance(r.get("images_per_sec"), (int, float))]
+      if speed:   # the trainer's logged rate, median over the run: wall-clock beside the probes
+        per_seed[str(s)] = {**per_seed[str(s)], TRAIN_SPEED: float(np.median(speed))}
       for name in study.get("curves", ()):
         pts = [(r["step"], r[name]) for r in rows if name in r and isinstance(r[name], (int, float))]
         if pts:

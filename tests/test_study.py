@@ -37,6 +37,7 @@ def test_a_study_runs_every_cell_and_seed_and_writes_table_and_plots(finished):
     vals = [m["nn/top1"] for m in seeds.values()]
     assert s["n"] == 2 and s["mean"] == pytest.approx(sum(vals) / 2)
     assert set(res["cells"][name]["curves"]) == {"nn_curve/top1", "sim_trg"}
+    assert res["cells"][name]["summary"][study.TRAIN_SPEED]["n"] == 2   # the wall-clock side, per seed
     assert [p[0] for p in res["cells"][name]["curves"]["nn_curve/top1"]["0"]] == [2, 4]  # every 2 of 4 steps
   # The two cells really differ in the field they name, and the seed reaches the trainer.
   a = json.load(open(os.path.join(wd, "cells", "vis20", "seed1", "config.json"), encoding="utf-8"))["resolved"]

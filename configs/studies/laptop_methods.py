@@ -5,11 +5,12 @@ method's own objective and recipe otherwise (its config's `runlocal` variant), 3
     lmim-study --config configs/studies/laptop_methods.py:data=mnist5k --workdir workdirs/methods_mnist5k
     lmim-study --config configs/studies/laptop_methods.py:data=shapes10k --workdir workdirs/methods_shapes10k
 
-The table reports NN, k-NN, the linear probe and Sim; results.json also holds each cell's
-training seconds (wall-clock differs: the methods' networks cost different FLOPs per step).
+The table reports NN, k-NN, the linear probe, Sim and the wall-clock side of the budget: the
+training rate in images/s (the trainer's logged rate, median over the run; the methods' networks
+cost different FLOPs per step, so equal steps are not equal time).
 """
 from configs.studies import laptop
-from lmim import config_lib
+from lmim import config_lib, study
 from lmim.study import cell
 
 METHODS = {
@@ -37,4 +38,5 @@ def get_config(arg=None):
   return laptop.study(f"laptop_methods_{a.data}",
                       f"Six methods on the same small ViT, {a.data}, {a.steps} steps at batch 128, "
                       f"{a.seeds} seeds (configs/studies/laptop_methods.py).",
-                      cells, data=a.data, steps=a.steps, seeds=a.seeds)
+                      cells, data=a.data, steps=a.steps, seeds=a.seeds,
+                      table=laptop.TABLE + (study.TRAIN_SPEED,))
