@@ -241,14 +241,24 @@ def time_dot(key, dtype: str = "float32", reps: int = 5) -> float:
   return best
 
 
-def dots_alone(hlo_text: str, dtype: str = "float32") -> dict:
+def dots_alone(hlo_text: str, dtype: str = "float32", passes: int = 3) -> dict:
   """The step's matmuls, each timed alone with its shapes and operand layout: their FLOPs and the
   seconds they need at best. Their rate bounds what the step's matmuls can reach on this machine
-  (small or thin matmuls run below the square-matmul peak whatever the code around them)."""
+  (small or thin matmuls run below the square-matmul peak whatever the code around them). One
+  shape timed once moved by up to 1.8x between runs on a quiet 2-core machine, so every shape is
+  timed in `passes` passes over the whole list and keeps its best."""
   dots = step_dots(hlo_text)
+  best = {k: float("inf") for k in dots}
+  for _ in range(passes):
+    for k in dots:
+      best[k] = min(best[k], time_dot(k, dtype))
   flops = sum(dot_flops(k) * n for k, n in dots.items())
-  seconds = sum(time_dot(k, dtype) * n for k, n in dots.items())
-  return {"matmul_flops": flops, "seconds": seconds, "distinct": len(dots), "count": sum(dots.values())}
+  seconds = sum(best[k] * n for k, n in dots.items())
+  shapes = sorted(({"lhs": k[0], "rhs": k[1], "contracting": (k[2], k[3]), "batch": (k[4], k[5]), "count": n,
+                    "seconds": best[k] * n, "flops_per_s": dot_flops(k) / best[k]} for k, n in dots.items()),
+                  key=lambda d: -d["seconds"])
+  return {"matmul_flops": flops, "seconds": seconds, "distinct": len(dots), "count": sum(dots.values()),
+          "shapes": shapes}
 
 
 ###################################################################################################
@@ -361,6 +371,11 @@ def format_report(r: dict) -> str:
                f"best peak sample, so with everything else free the step would be at "
                f"{r['flops_per_step'] / d['seconds'] / r['peak_best_flops_per_s']:.2f}")
     lines.append(line)
+    for d in r["dots_alone"]["shapes"][:8]:   # where the matmul time goes, largest first
+      rate = d["flops_per_s"] / r["peak_best_flops_per_s"] if "peak_best_flops_per_s" in r else float("nan")
+      lines.append(f"    {d['seconds'] * 1e3:7.1f} ms  x{d['count']:<3d} {d['flops_per_s'] / 1e9:6.1f} GFLOP/s "
+                   f"({rate:.2f} of peak)  lhs {d['lhs']} rhs {d['rhs']} contracting {d['contracting']} "
+                   f"batch {d['batch']}")
   ph = r.get("phases") or {}
   if ph and "dots_alone" in r:
     in_step = sum(p.get("matmul_seconds", 0.0) for p in ph.values())
