@@ -63,17 +63,17 @@ def official_hparams(cfg, method) -> dict:
 
 def _timm_layers():
   """`timm.models.layers` as the official code imports it (see the module docstring)."""
-  try:
-    return importlib.import_module("timm.models.layers")
-  except ImportError as e:
-    if "timm" in str(getattr(e, "name", "") or ""):
-      raise
-  except Exception:  # pylint: disable=broad-except  # torchvision's C ops failing to register
-    pass
   spec = importlib.util.find_spec("timm")
   if spec is None or not spec.submodule_search_locations:
     raise ImportError("--official needs timm (pip install timm)")
-  root = list(spec.submodule_search_locations)[0]
+  try:
+    return importlib.import_module("timm.models.layers")
+  except (ImportError, RuntimeError):   # torchvision absent, or its C ops not registering beside this torch
+    return _timm_layers_from_files(list(spec.submodule_search_locations)[0])
+
+
+def _timm_layers_from_files(root: str):
+  """to_2tuple, Mlp and DropPath from timm's own files, without timm's package `__init__`."""
   for name in [n for n in sys.modules if n == "timm" or n.startswith("timm.")]:
     del sys.modules[name]                                   # a half-imported timm from the try above
   for name, sub in (("timm", ""), ("timm.layers", "layers"), ("timm.models", "models")):
@@ -105,7 +105,7 @@ def load(path: str):
 def no_weight_decay(name: str, param) -> bool:
   """main_lmim.py's rule: timm's param_groups_weight_decay with every name holding 'bias', 'norm'
   or 'embed' in the no-decay list; timm also spares every 1-d parameter."""
-  return param.ndim <= 1 or name.endswith(".bias") or any(s in name for s in ("bias", "norm", "embed"))
+  return param.ndim <= 1 or any(s in name for s in ("bias", "norm", "embed"))
 
 
 class OfficialStep:
