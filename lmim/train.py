@@ -554,7 +554,7 @@ def _log_parameters(params, workdir: str, writer):
   """Parameter count on the console; the per-parameter table in parameters.txt and TensorBoard."""
   from clu import parameter_overview  # pylint: disable=import-outside-toplevel
   text = parameter_overview.get_parameter_overview(params, include_stats=False)
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  n = parameter_overview.count_parameters(params)
   log.info("Trainable parameters: %s (%.2fM); table in %s/parameters.txt", f"{n:,}", n / 1e6, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "parameters.txt"), "w", encoding="utf-8") as f:

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+from clu import parameter_overview
 
 from fixtures_lib import fixture_dirs, load
 from lmim import cli, config_lib, convert, methods, official_step
@@ -78,7 +79,7 @@ def test_the_official_step_has_lmims_network_and_trains():
   import jax  # pylint: disable=import-outside-toplevel
   params = method.init(jax.random.key(0))[0]
   ref = official_step.OfficialStep(OFFICIAL, official_step.official_hparams(cfg, method), lr=1e-3)
-  assert ref.trainable_parameters() == sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+  assert ref.trainable_parameters() == parameter_overview.count_parameters(params)
   size = method.train_image_size
   images = np.random.default_rng(0).standard_normal((8, 3, size, size), np.float32)
   losses = [ref.step(images) for _ in range(8)]
