@@ -163,7 +163,7 @@ def test_unprepared_tfds_dataset_says_how_to_prepare(tmp_path):
     data.open_source("imagenet2012", "train", str(tmp_path))
   msg = str(e.value)
   assert "\n" not in msg
-  assert f"lmim-prepare imagenet2012 --source" in msg and f"--data_dir={tmp_path}" in msg
+  assert "lmim-prepare imagenet2012 --source" in msg and f"--data_dir={tmp_path}" in msg
 
 
 def test_unknown_dataset_and_bad_statistics_are_config_errors(tmp_path, data_dir):

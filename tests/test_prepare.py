@@ -142,7 +142,7 @@ def test_bad_preparations_are_one_line(tmp_path):
 def test_unprepared_datasets_say_how_to_prepare_them_here(tmp_path):
   with pytest.raises(DataNotPreparedError) as e:
     data.open_source("imagenet2012", "train", str(tmp_path))
-  assert f"prepare it with: lmim-prepare imagenet2012 --source" in str(e.value)
+  assert "prepare it with: lmim-prepare imagenet2012 --source" in str(e.value)
   assert f"--data_dir={tmp_path}" in str(e.value) and "tfds build" not in str(e.value)
   with pytest.raises(DataNotPreparedError) as e:
     data.open_source("cifar10", "train", str(tmp_path))
