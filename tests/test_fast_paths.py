@@ -1,5 +1,8 @@
 """The faster paths give the reference path's numbers: cotangent barriers (a fusion boundary for
-XLA:CPU), bfloat16 matmuls, and fused attention (jax.nn.dot_product_attention)."""
+XLA:CPU), bfloat16 matmuls, fused attention (jax.nn.dot_product_attention), and GELU in torch's
+erf formula."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +28,23 @@ def loss_and_grads(method_name, perturb: bool = False, **overrides):
   fn = jax.jit(jax.value_and_grad(lambda p: m.loss(p, ema, batch, keys, 0)[0]))
   (loss, grads), hlo = fn(params), fn.lower(params).compile().as_text()
   return float(loss), jax.device_get(grads), hlo
+
+
+def test_gelu_is_torchs_erf_formula_to_float32_round_off():
+  # nn.GELU (the official networks) computes x * 0.5 * (1 + erf(x / sqrt(2))); lmim writes the
+  # same erf formula (cheaper on XLA:CPU than jax.nn.gelu's erfc) and must stay exact GELU.
+  from lmim.models import layers  # pylint: disable=import-outside-toplevel
+  x = np.concatenate([np.linspace(-10, 10, 20001), np.random.default_rng(0).standard_normal(10000) * 3])
+  x = x.astype(np.float32)
+  exact = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+  dexact = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+                     for v in x.astype(np.float64)])
+  y = np.asarray(jax.jit(layers.gelu)(x), np.float64)
+  dy = np.asarray(jax.jit(jax.grad(lambda v: layers.gelu(v).sum()))(x), np.float64)
+  np.testing.assert_allclose(y, exact, rtol=0, atol=2e-6)        # tanh GELU is 5e-4 off
+  np.testing.assert_allclose(dy, dexact, rtol=0, atol=2e-6)
+  hlo = jax.jit(layers.gelu).lower(x).as_text()
+  assert "erf" in hlo and "erfc" not in hlo, "GELU should lower to erf (torch's formula), not erfc"
 
 
 @pytest.mark.slow
