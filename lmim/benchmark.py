@@ -17,7 +17,16 @@ kind. A `jax.profiler` trace of a few more steps gives the time of each phase of
 encoder, online encoder and projector forward/backward, decoder, loss, EMA, optimiser: the
 `jax.named_scope` names of lmim.methods.base.PHASES, read back from the compiled program's op
 metadata). Speed targets belong here, never in timed tests.
+
+`--variant 'field=value;...'` and/or `--xla_options 'xla_...=value;...'` build a second step (config
+overrides, XLA compiler options) that alternates with the first step by step on the same images;
+the report gives the median of the step-by-step time ratios, which a busy machine's drift moves
+far less than it moves a median of separate runs:
+
+    python -m lmim.benchmark --config ... --variant 'model.attention=xla' --nophases
+    python -m lmim.benchmark --config ... --xla_options 'xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
 """
+import ast
 import collections
 import gzip
 import json
@@ -33,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmim import data, train
+from lmim import config_lib, data, train
+from lmim.errors import FlagError
 from lmim.methods.base import PHASES
 from lmim.models import DTYPES
 
@@ -262,14 +272,80 @@ def dots_alone(hlo_text: str, dtype: str = "float32", passes: int = 3) -> dict:
 
 
 ###################################################################################################
+# A variant of the step, alternated with it: config overrides and/or XLA compiler options.
+###################################################################################################
+
+
+def parse_pairs(text: str, flag: str) -> dict:
+  """'a=1;b.c=x' -> {'a': 1, 'b.c': 'x'} (values as Python literals where they parse, else strings)."""
+  out = {}
+  for item in filter(None, (t.strip() for t in text.split(";"))):
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise FlagError(flag, text, "';'-separated name=value pairs, e.g. 'model.attention=xla'")
+    try:
+      out[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value.strip()
+  return out
+
+
+def variant_config(config, overrides: dict):
+  """A copy of `config` with dotted `overrides`, each naming an existing field of a fitting type."""
+  out = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    try:
+      *path, leaf = key.split(".")
+      node = out
+      for p in path:
+        node = node[p]
+      if leaf not in node:   # an unlocked config would take a new field silently
+        raise KeyError(f"no field {leaf!r} in {'.'.join(path) or 'the config'}")
+      config_lib.apply_dotted(out, {key: value})
+    except (KeyError, AttributeError, TypeError) as e:
+      why = str(e).split(" Other fields present")[0].strip("'\"")
+      raise FlagError("variant", f"{key}={value}", f"each name an existing config field, each value of its type ({why})") from None
+  return out
+
+
+def _xla_options(text: str) -> dict:
+  """--xla_options 'xla_cpu_x=v;...' as compiler options (DebugOptions fields, checked by XLA at compile)."""
+  opts = {k: {"true": True, "false": False}.get(str(v).lower(), v if isinstance(v, (bool, int, float)) else str(v))
+          for k, v in parse_pairs(text, "xla_options").items()}
+  for k in opts:
+    if not k.startswith("xla_"):
+      raise FlagError("xla_options", k, "XLA DebugOptions field names (they start with 'xla_')")
+  if opts:   # XLA checks names and values: compile a scalar with them before the step is built
+    try:
+      jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=opts)
+    except Exception as e:  # pylint: disable=broad-except
+      raise FlagError("xla_options", text, f"options XLA accepts ({str(e).splitlines()[0]})") from None
+  return opts
+
+
+def paired_ratios(a: list[float], b: list[float]) -> dict:
+  """b ÷ a step by step (the two were run back to back, in alternating order): the median and
+  quartiles of the ratios. Pairing cancels the drift of a shared machine that moves a median of
+  separate runs by more than the effects measured here."""
+  r = np.asarray(b) / np.asarray(a)
+  return {"median": float(np.median(r)), "quartiles": (float(np.percentile(r, 25)), float(np.percentile(r, 75))),
+          "pairs": len(r)}
+
+
+###################################################################################################
 # The benchmark.
 ###################################################################################################
 
 
 def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channels: int = 3, peak: bool = True,
-              phases: bool = True, dots: bool = False, official: str = "") -> dict:
+              phases: bool = True, dots: bool = False, official: str = "", variant: str = "",
+              xla_options: str = "") -> dict:
   info = data.DataInfo(name="synthetic", num_examples=1_281_167, num_classes=1000, channels=channels,
                        mean=(0.5,) * channels, std=(0.25,) * channels)
+  # The variant (if any) is checked before anything is built or compiled.
+  var_overrides = parse_pairs(variant, "variant")
+  var_options = _xla_options(xla_options)
+  var_config = variant_config(config, var_overrides) if (var_overrides or var_options) else None
   setup = train.build(config, info, devices)
   cfg, method = setup.config, setup.method
   size, k = method.train_image_size, cfg.accum_steps
@@ -290,18 +366,44 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) * (k if k > 1 else 1)
+  var = None
+  if var_config is not None:   # its own setup, state and compile; the same images
+    vs = train.build(var_config, info, devices)
+    vbatch = train.device_batch(vs, local if set(vs.batch_shardings) <= set(local) else
+                                {key: rng.standard_normal(shape, dtype=np.float32) for key in vs.batch_shardings})
+    vstate = vs.init_fn(vs.init_key)
+    try:
+      vcompiled = vs.step_fn.lower(vstate, vbatch, vs.step_key).compile(compiler_options=var_options or None)
+    except Exception as e:  # pylint: disable=broad-except
+          raise FlagError("xla_options", xla_options, f"options XLA accepts ({str(e).splitlines()[0]})") from None
+    vcost = vcompiled.cost_analysis()
+    vcost = vcost[0] if isinstance(vcost, (list, tuple)) else vcost
+    var = {"compiled": vcompiled, "state": vstate, "batch": vbatch, "key": vs.step_key, "times": [],
+           "flops": float(vcost.get("flops", float("nan"))) * max(var_config.accum_steps, 1)}
   step_devices = list(setup.mesh.devices.flat)
   dtype = cfg.model.get("dtype", "float32")
   peaks = matmul_peak(dtype, devices=step_devices) if peak else []  # before the steps ...
   times, ref_times, ref_losses = [], [], []
   if reference is not None:   # the same images, NCHW, on the host: the official loop's input
     ref_images = np.ascontiguousarray(next(iter(local.values()))[0].transpose(0, 3, 1, 2))
-  for i in range(warmup + steps):   # with a reference: lmim and official steps alternate
+  for i in range(warmup + steps):   # with a reference or a variant: they alternate with lmim's step
+    if var is not None and i % 2:     # the variant first on odd steps: neither always follows the other
+      t0 = time.perf_counter()
+      var["state"], _ = var["compiled"](var["state"], var["batch"], var["key"])
+      jax.block_until_ready(var["state"])
+      var_t = time.perf_counter() - t0
     t0 = time.perf_counter()
     state, metrics = compiled(state, batch, setup.step_key)
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       times.append(time.perf_counter() - t0)
+    if var is not None and not i % 2:
+      t0 = time.perf_counter()
+      var["state"], _ = var["compiled"](var["state"], var["batch"], var["key"])
+      jax.block_until_ready(var["state"])
+      var_t = time.perf_counter() - t0
+    if var is not None and i >= warmup:
+      var["times"].append(var_t)
     if reference is not None:
       t0 = time.perf_counter()
       ref_losses.append(reference.step(ref_images))
@@ -322,6 +424,14 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
                peak_fraction=(flops / med) / statistics.median(peaks))
   if dots and len(step_devices) == 1:
     out["dots_alone"] = out_dots
+  if var is not None:
+    vmed = statistics.median(var["times"])
+    out["variant"] = {"overrides": var_overrides, "xla_options": var_options, "median_step_s": vmed,
+                      "step_s_range": (min(var["times"]), max(var["times"])), "flops_per_step": var["flops"],
+                      "time_ratio": paired_ratios(times, var["times"])}
+    if peak:
+      out["variant"]["peak_fraction"] = (var["flops"] / vmed) / statistics.median(peaks)
+    del var
   if reference is not None:
     ref_med = statistics.median(ref_times)
     from clu import parameter_overview  # pylint: disable=import-outside-toplevel
@@ -362,6 +472,16 @@ def format_report(r: dict) -> str:
     lines.append(f"  same network: {o['trainable_parameters']:,} trainable parameters official, "
                  f"{o['lmim_parameters']:,} lmim ({'the same' if same else 'DIFFERENT: not the same geometry'}); "
                  f"official loss {o['losses'][0]:.4f} -> {o['losses'][-1]:.4f}, lmim's last {r['loss']:.4f}")
+  if "variant" in r:
+    v = r["variant"]
+    what = "; ".join([f"{k}={val}" for k, val in v["overrides"].items()] +
+                     [f"XLA {k}={val}" for k, val in v["xla_options"].items()])
+    t = v["time_ratio"]
+    lines.append(f"variant ({what}), alternating with the step: median step {v['median_step_s'] * 1e3:.1f} ms (range "
+                 f"{v['step_s_range'][0] * 1e3:.1f}-{v['step_s_range'][1] * 1e3:.1f}), {v['flops_per_step'] / 1e9:.1f} GFLOP/step"
+                 + (f", achieved/peak {v['peak_fraction']:.2f}" if "peak_fraction" in v else ""))
+    lines.append(f"  variant time / step time, step by step: median {t['median']:.3f} (quartiles {t['quartiles'][0]:.3f}-"
+                 f"{t['quartiles'][1]:.3f}, {t['pairs']} pairs): the variant is {1 / t['median']:.2f}x the step's speed")
   if "dots_alone" in r:
     d = r["dots_alone"]
     line = (f"matmuls alone: the step's {d['count']} matmuls ({d['distinct']} distinct), each timed alone with its "
@@ -404,7 +524,11 @@ def main():
       "phases": (True, "Break the step down by phase from a jax.profiler trace."),
       "dots": (False, "Also time each of the step's matmuls alone (one device): the rate its shapes allow."),
       "official": ("", "Path to a checkout of the official Latent MIM code (github.com/yibingwei-1/LatentMIM): "
-                   "its training step, same geometry, alternates with lmim's (needs torch and timm).")})
+                   "its training step, same geometry, alternates with lmim's (needs torch and timm)."),
+      "variant": ("", "Config overrides 'field=value;...' for a second step that alternates with the first, "
+                  "step by step (e.g. 'model.attention=xla'); reports the paired time ratio."),
+      "xla_options": ("", "XLA compiler options 'xla_...=value;...' for that second step (alone, they compare "
+                      "the same step compiled two ways).")})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lmim import benchmark
+from lmim.errors import FlagError
 from tiny import tiny_config
 
 
@@ -111,3 +112,45 @@ def test_benchmark_reports_achieved_over_peak_and_every_phase():
   assert phases.get("other", {}).get("matmul_flops", 0) == 0
   report = benchmark.format_report(r)
   assert "achieved/peak" in report and "decoder backward" in report
+
+
+def test_paired_ratios_are_taken_step_by_step_not_between_medians():
+  # Back-to-back pairs cancel a shared machine's drift; the ratio of the two medians would not
+  # (here it is 0.3, the step-by-step median 1.0).
+  t = benchmark.paired_ratios([1.0, 10.0, 10.0, 2.0], [3.0, 10.0, 1.0, 2.0])
+  assert t["median"] == pytest.approx(1.0) and t["pairs"] == 4
+  assert t["quartiles"] == pytest.approx((np.percentile([3, 1, 0.1, 1], 25), np.percentile([3, 1, 0.1, 1], 75)))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"variant": "model.depth"}, "--variant='model.depth' is invalid: ';'-separated name=value pairs"),
+    ({"variant": "model.nosuch=1"}, "--variant='model.nosuch=1' is invalid: each name an existing config field"),
+    ({"variant": "model.decoder.depth=two"}, "--variant='model.decoder.depth=two' is invalid"),
+    ({"xla_options": "cpu_thing=1"}, "--xla_options='cpu_thing' is invalid: XLA DebugOptions field names"),
+    ({"xla_options": "xla_cpu_no_such_option=1"}, "No such compile option: 'xla_cpu_no_such_option'"),
+    ({"xla_options": "xla_cpu_scheduler_type=SOMETIMES"}, "'SOMETIMES' is not a valid enum value"),
+])
+def test_a_bad_variant_is_one_line_before_anything_is_built(monkeypatch, flags, message):
+  def no_build(*a, **k):
+    raise AssertionError("built before the variant was checked")
+  monkeypatch.setattr(benchmark.train, "build", no_build)
+  with pytest.raises(FlagError) as e:
+    benchmark.benchmark(tiny_config(), steps=1, warmup=0, devices=jax.devices()[:1], **flags)
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_variant_alternates_with_the_step_and_reports_the_paired_ratio():
+  """A variant with a deeper decoder: its own compile (more FLOPs), one time per timed step,
+  paired with the step's; XLA options alone compile the same step another way (same FLOPs)."""
+  r = benchmark.benchmark(tiny_config(), steps=3, warmup=1, devices=jax.devices()[:1], peak=False, phases=False,
+                          variant="model.decoder.depth=3")
+  v = r["variant"]
+  assert v["overrides"] == {"model.decoder.depth": 3} and v["time_ratio"]["pairs"] == 3
+  assert v["flops_per_step"] > 1.2 * r["flops_per_step"]
+  report = benchmark.format_report(r)
+  assert "variant (model.decoder.depth=3)" in report and "variant time / step time" in report
+  r = benchmark.benchmark(tiny_config(), steps=2, warmup=1, devices=jax.devices()[:1], peak=False, phases=False,
+                          xla_options="xla_cpu_enable_fast_math=false")
+  assert r["variant"]["xla_options"] == {"xla_cpu_enable_fast_math": False}
+  assert r["variant"]["flops_per_step"] == r["flops_per_step"] and r["variant"]["time_ratio"]["pairs"] == 2
