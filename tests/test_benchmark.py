@@ -104,6 +104,7 @@ def test_benchmark_reports_achieved_over_peak_and_every_phase():
   r = benchmark.benchmark(tiny_config(), steps=2, warmup=1, devices=jax.devices()[:1])
   assert r["peak_fraction"] == pytest.approx(r["flops_per_s"] / r["peak_flops_per_s"])
   assert r["peak_range"][0] <= r["peak_flops_per_s"] <= r["peak_range"][1]
+  assert r["best_fraction"] == pytest.approx(r["flops_per_step"] / r["step_s_range"][0] / r["peak_best_flops_per_s"])
   phases = r["phases"]
   for name in ("target_encoder", "online_encoder forward", "online_encoder backward", "projector forward",
                "decoder forward", "decoder backward", "loss forward", "optimizer", "ema_update"):
