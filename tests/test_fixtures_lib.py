@@ -14,19 +14,21 @@ def _folder(root, source, name, tag):
   return d
 
 
-def test_shared_folders_come_first_and_replace_same_named_repository_folders(tmp_path, monkeypatch):
-  repo, shared = tmp_path / "repo", tmp_path / "shared"
-  _folder(repo, "official_lmim", "a", "repo")
-  _folder(repo, "official_lmim", "b", "repo")
+def test_shared_folders_then_listed_ones_and_a_skip_with_the_reason_when_there_are_none(tmp_path, monkeypatch):
+  shared = tmp_path / "shared"
+  _folder(shared, "official_lmim", "b", "shared")
   _folder(shared, "official_lmim", "a", "shared")
-  _folder(shared, "official_lmim", "c", "shared")
   _folder(shared, "official_mae", "m", "shared")
-  monkeypatch.setattr(fixtures_lib, "FIXTURES", repo)
+  extra = _folder(tmp_path / "more", "official_lmim", "x", "listed")
+  other = _folder(tmp_path / "more", "official_mae", "y", "listed")
   monkeypatch.setattr(fixtures_lib, "SHARED_FIXTURES", shared)
-  monkeypatch.delenv("LMIM_PARITY_FIXTURES", raising=False)
+  monkeypatch.setenv("LMIM_PARITY_FIXTURES", f"{extra}:{other}:{shared / 'official_lmim' / 'a'}")
   got = [(d.name, json.loads((d / "config.json").read_text())["tag"]) for d in fixtures_lib.fixture_dirs("official_lmim")]
-  assert got == [("a", "shared"), ("c", "shared"), ("b", "repo")]
-  shutil.rmtree(shared)   # no shared folder beside the checkout: the repository's own are enough
-  assert [d.name for d in fixtures_lib.fixture_dirs("official_lmim")] == ["a", "b"]
-  with pytest.raises(FileNotFoundError, match="official_mae"):
+  assert got == [("a", "shared"), ("b", "shared"), ("x", "listed")]   # each folder once, sources kept apart
+  shutil.rmtree(shared)   # no shared folder beside the checkout
+  monkeypatch.delenv("LMIM_PARITY_FIXTURES")
+  with pytest.raises(pytest.skip.Exception, match="no 'official_mae' fixture folder"):
+    fixtures_lib.fixture_dirs("official_mae")
+  monkeypatch.setenv("LMIM_PARITY_FIXTURES", str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match="has no config.json"):
     fixtures_lib.fixture_dirs("official_mae")

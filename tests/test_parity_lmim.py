@@ -1,7 +1,7 @@
 """Parity with the official Latent MIM code on its golden fixtures (the parity checkpoints 1–10 of
 docs/latent_mim.md §14).
 
-Every folder under tests/fixtures/official_lmim/ (and every `official_lmim` folder listed in
+Every folder under ../shared/fixtures/official_lmim/ (and every `official_lmim` folder listed in
 LMIM_PARITY_FIXTURES) is loaded through lmim's own converter and run through the same functions
 the trainer uses: the forward, the loss, jax.grad, lmim.optim's AdamW and the EMA update.
 """

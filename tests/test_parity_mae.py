@@ -1,4 +1,4 @@
-"""Parity with the official MAE code on its golden fixtures (tests/fixtures/official_mae/ and
+"""Parity with the official MAE code on its golden fixtures (../shared/fixtures/official_mae/ and
 every `official_mae` folder listed in LMIM_PARITY_FIXTURES).
 
 Expected gradients and post-step parameters are brought into lmim's tree with the same strict
