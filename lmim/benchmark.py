@@ -383,22 +383,22 @@ def benchmark(config, *, steps: int = 10, warmup: int = 2, devices=None, channel
   times, ref_times, ref_losses = [], [], []
   if reference is not None:   # the same images, NCHW, on the host: the official loop's input
     ref_images = np.ascontiguousarray(next(iter(local.values()))[0].transpose(0, 3, 1, 2))
+  def variant_step() -> float:
+    t0 = time.perf_counter()
+    var["state"], _ = var["compiled"](var["state"], var["batch"], var["key"])
+    jax.block_until_ready(var["state"])
+    return time.perf_counter() - t0
+
   for i in range(warmup + steps):   # with a reference or a variant: they alternate with lmim's step
     if var is not None and i % 2:     # the variant first on odd steps: neither always follows the other
-      t0 = time.perf_counter()
-      var["state"], _ = var["compiled"](var["state"], var["batch"], var["key"])
-      jax.block_until_ready(var["state"])
-      var_t = time.perf_counter() - t0
+      var_t = variant_step()
     t0 = time.perf_counter()
     state, metrics = compiled(state, batch, setup.step_key)
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       times.append(time.perf_counter() - t0)
     if var is not None and not i % 2:
-      t0 = time.perf_counter()
-      var["state"], _ = var["compiled"](var["state"], var["batch"], var["key"])
-      jax.block_until_ready(var["state"])
-      var_t = time.perf_counter() - t0
+      var_t = variant_step()
     if var is not None and i >= warmup:
       var["times"].append(var_t)
     if reference is not None:
